@@ -1,0 +1,78 @@
+"""Local training and evaluation on client *states*.
+
+One ``Trainer`` owns one model workspace for the whole simulation; a client's
+model is its state (a dict of tensors) loaded into that workspace, trained,
+and copied out. Memory therefore stays flat over rounds: N states, one model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ExperimentConfig
+from ..models import MoEModel, State, get_state, load_state
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    routed: list[list[int]]   # per MoE layer, tokens routed to each expert (E,)
+
+
+class Trainer:
+    def __init__(self, model: MoEModel, config: ExperimentConfig) -> None:
+        self.model = model.to(config.device)
+        self.config = config
+
+    def train(self, state: State, x: Tensor, y: Tensor, seed: int, prox_mu: float = 0.0) -> tuple[State, float]:
+        """``local_epochs`` of mini-batch training on (x, y) from ``state``: loss = CE + aux losses (+ FedProx term).
+
+        Returns the new state and the mean training loss. ``seed`` fixes the
+        mini-batch order, so a client's update does not depend on who trained before it.
+        """
+        cfg, model = self.config, self.model
+        load_state(model, state)
+        model.train()
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        center = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
+        gen = torch.Generator().manual_seed(seed)
+        x, y = x.to(cfg.device), y.to(cfg.device)
+        total, steps = 0.0, 0
+        for _ in range(cfg.local_epochs):
+            order = torch.randperm(len(y), generator=gen)
+            for start in range(0, len(y), cfg.batch_size):
+                batch = order[start:start + cfg.batch_size]
+                loss = F.cross_entropy(model(x[batch]), y[batch]) + model.aux_loss()
+                if center is not None:   # FedProx: (mu / 2) * ||w - w_global||^2
+                    loss = loss + 0.5 * prox_mu * sum(((p - c) ** 2).sum() for p, c in zip(model.parameters(), center))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, steps = total + float(loss.detach()), steps + 1
+        return get_state(model), total / max(steps, 1)
+
+    @torch.no_grad()
+    def evaluate(self, state: State, x: Tensor, y: Tensor) -> EvalResult:
+        """Loss, accuracy and routed-token counts of ``state`` on (x, y)."""
+        model = self.model
+        load_state(model, state)
+        model.eval()
+        layers = list(model.moe_layers)
+        if len(y) == 0:
+            return EvalResult(math.nan, math.nan, [[0] * m.num_experts for m in layers])
+        logits = model(x.to(self.config.device))
+        loss = float(F.cross_entropy(logits, y.to(logits.device)))
+        acc = float((logits.argmax(dim=1).cpu() == y).float().mean())
+        return EvalResult(loss, acc, [m.routing.tokens_per_expert.cpu().tolist() for m in layers])
+
+
+def is_finite_state(state: State) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values())

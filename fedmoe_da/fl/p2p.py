@@ -1,0 +1,65 @@
+"""The peer-to-peer plan: which client fetches which (peer, slot) expert, and the round's graph.
+
+After the server sends client k its rows of A (for its slots e: the pool pairs
+(peer, slot) with a_ij > 0 and their weights), client k fetches from peers only
+the *remote* experts it needs, each distinct (peer, slot) once, however many
+of its rows use it. Its own experts (intra-client entries) cost nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import pandas as pd
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ClientRows:
+    """Client k's rows of one layer's A: entry n says slot ``row[n]`` takes ``weight[n]`` of (peer[n], slot[n])."""
+
+    row: Tensor     # (nnz,) int64, the client's own slot e
+    peer: Tensor    # (nnz,) int64, source client
+    slot: Tensor    # (nnz,) int64, source slot
+    weight: Tensor  # (nnz,) float32, a_ij
+    version: int    # the refresh round this A was computed at
+
+    def to_payload(self) -> dict[str, Tensor]:
+        """What the server sends: the (row, peer, slot) indices and the weights."""
+        return {"index": torch.stack([self.row, self.peer, self.slot], dim=1), "weight": self.weight}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Tensor], version: int) -> "ClientRows":
+        index = payload["index"]
+        return cls(index[:, 0], index[:, 1], index[:, 2], payload["weight"], version)
+
+
+def rows_for_client(A: Tensor, pool_clients: list[int], client: int, num_experts: int, version: int) -> ClientRows:
+    """Client ``client``'s rows of A (M, M) over the pool ``pool_clients`` x slots, non-zeros only."""
+    pos = pool_clients.index(client)
+    block = A[pos * num_experts:(pos + 1) * num_experts]                       # (E, M)
+    row, col = block.nonzero(as_tuple=True)
+    peers = torch.tensor(pool_clients, dtype=torch.int64)[col // num_experts]
+    return ClientRows(row, peers, col % num_experts, block[row, col], version)
+
+
+def fetch_plan(rows: ClientRows, client: int, present: set[int]) -> list[tuple[int, int]]:
+    """The distinct remote (peer, slot) experts ``client`` fetches: present peers other than itself."""
+    wanted = {(int(p), int(s)) for p, s in zip(rows.peer, rows.slot)}
+    return sorted((p, s) for p, s in wanted if p != client and p in present)
+
+
+def p2p_graph(ledger: pd.DataFrame, round: int | None = None) -> nx.DiGraph:
+    """Who fetched what from whom: edge peer -> client with ``bytes`` and ``experts`` (fetch count).
+
+    Built from the ledger's accepted p2p rows of ``round`` (all rounds if None).
+    """
+    rows = ledger[(ledger["channel"] == "p2p") & ledger["accepted"]]
+    if round is not None:
+        rows = rows[rows["round"] == round]
+    g = nx.DiGraph()
+    for (src, dst), part in rows.groupby(["src", "dst"]):
+        g.add_edge(int(src), int(dst), bytes=int(part["bytes"].sum()), experts=len(part),
+                   groups=sorted(part["group"].unique()))
+    return g

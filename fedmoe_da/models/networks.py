@@ -1,0 +1,103 @@
+"""Backbones with MoE layers: a CNN and an MLP with an MoE classifier head, and a small ViT.
+
+Every model exposes ``moe_layers`` (its MoE layers in order, layer l of the
+parameter groups) and ``aux_loss()`` (the sum of their auxiliary losses).
+No BatchNorm: a client's state is its parameters alone.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..moe import MoELayer
+
+
+class MoEModel(nn.Module):
+    moe_layers: nn.ModuleList
+
+    def aux_loss(self) -> Tensor:
+        return sum((m.aux_loss for m in self.moe_layers), torch.zeros(()))
+
+
+class CNNMoE(MoEModel):
+    """Two conv layers (the second strided) -> d_model features -> an MoE head whose experts output logits.
+
+    One token per image: the router picks the experts that classify it. A
+    strided conv rather than max-pooling keeps the detail of 8x8 digits.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, moe: dict) -> None:
+        super().__init__()
+        C = input_shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(C, 32, 3, padding=1), nn.ReLU(),                   # (B, 32, H, W)
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),        # (B, 64, H/2, W/2)
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),                       # (B, 64*16)
+            nn.Linear(64 * 16, moe["d_model"]), nn.ReLU(),               # (B, d_model)
+        )
+        self.moe_layers = nn.ModuleList([MoELayer(moe["d_model"], moe.pop("d_hidden"), num_classes, **_rest(moe))])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.moe_layers[0](self.features(x))                      # (B, classes)
+
+
+class MLPMoE(MoEModel):
+    """Flattened input -> two-layer MLP -> an MoE classifier head."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, moe: dict) -> None:
+        super().__init__()
+        d_in = int(torch.tensor(input_shape).prod())
+        d = moe["d_model"]
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(d_in, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU())
+        self.moe_layers = nn.ModuleList([MoELayer(d, moe.pop("d_hidden"), num_classes, **_rest(moe))])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.moe_layers[0](self.features(x))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block whose feed-forward is an MoE layer routing every patch token."""
+
+    def __init__(self, d: int, heads: int, moe: MoELayer) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.moe = moe
+
+    def forward(self, x: Tensor) -> Tensor:                              # (B, n, d)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.moe(self.norm2(x))                               # MoE over B*n tokens
+
+
+class ViTMoE(MoEModel):
+    """Patches -> tokens -> ``depth`` MoE transformer blocks -> [cls] -> linear head."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, moe: dict, depth: int,
+                 patch_size: int) -> None:
+        super().__init__()
+        C, H, W = input_shape
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"patch_size={patch_size} is invalid: must divide the image size {H}x{W}")
+        d = moe["d_model"]
+        n = (H // patch_size) * (W // patch_size)
+        self.patch = nn.Conv2d(C, d, patch_size, stride=patch_size)      # (B, d, H/p, W/p)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, n + 1, d))
+        d_hidden = moe.pop("d_hidden")
+        heads = 4 if d % 4 == 0 else 1
+        self.moe_layers = nn.ModuleList([MoELayer(d, d_hidden, d, **_rest(moe)) for _ in range(depth)])
+        self.blocks = nn.ModuleList([ViTBlock(d, heads, m) for m in self.moe_layers])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)                     # (B, n, d)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos  # (B, n+1, d)
+        for block in self.blocks:
+            t = block(t)
+        return self.head(self.norm(t[:, 0]))                             # (B, classes)
+
+
+def _rest(moe: dict) -> dict:
+    return {k: v for k, v in moe.items() if k != "d_model"}

@@ -1,0 +1,109 @@
+"""The Mixture-of-Experts layer: a router and E expert MLPs, dropless by default.
+
+    logits = x W_g^T                       (T, E)   W_g: gate weight (E, d), the proxies
+    w, idx = top-k(softmax(logits))        (T, k)   renormalised, ties -> lower index
+    y[t]   = sum_j w[t, j] * expert_{idx[t, j]}(x[t])
+
+Experts are stored stacked, ``w1`` (E, d, h), ``b1`` (E, h), ``w2`` (E, h, d_out),
+``b2`` (E, d_out), so that expert e's parameters are the slices ``[e]`` of each
+(parameter group ``expert[l][e]``) and a whole pool of experts aggregates with
+one matrix product.
+
+After every forward pass the layer keeps, for inspection and for the losses:
+
+* ``layer.routing``: a :class:`Routing` with ``weights`` (T, k), ``indices``
+  (T, k), ``logits`` (T, E), ``tokens_per_expert`` (E,) and ``dropped``
+  (assignments beyond capacity);
+* ``layer.aux_losses``: ``{"load_balance": ..., "z_loss": ...}`` (fp32 scalars);
+* ``layer.aux_loss``: ``lb_coef * load_balance + z_coef * z_loss``, to add to the task loss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .dispatch import resolve_backend, run_experts
+from .router import load_balance_loss, z_loss
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+
+
+@dataclass
+class Routing:
+    weights: Tensor            # (T, k) fp32 routing weights (sum to 1 per token)
+    indices: Tensor            # (T, k) int64 chosen experts
+    logits: Tensor             # (T, E) gate logits
+    tokens_per_expert: Tensor  # (E,) int64 assignments per expert
+    dropped: int               # assignments dropped by the capacity limit (0 when dropless)
+
+
+class MoELayer(nn.Module):
+    """Top-k routed MoE layer mapping (..., d_model) -> (..., d_out)."""
+
+    def __init__(
+        self, d_model: int, d_hidden: int, d_out: int | None = None, num_experts: int = 8, top_k: int = 2,
+        backend: str = "auto", capacity_factor: float | None = None, lb_coef: float = 1e-2,
+        z_coef: float = 1e-3, activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} is invalid: must be between 1 and num_experts ({num_experts})")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is invalid: must be one of {', '.join(ACTIVATIONS)}")
+        d_out = d_model if d_out is None else d_out
+        self.num_experts, self.top_k, self.backend = num_experts, top_k, backend
+        self.capacity_factor, self.lb_coef, self.z_coef = capacity_factor, lb_coef, z_coef
+        self.activation = ACTIVATIONS[activation]
+        self.gate = nn.Linear(d_model, num_experts, bias=False)        # weight (E, d): the proxies
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_out))
+        self.b2 = nn.Parameter(torch.empty(num_experts, d_out))
+        for w, b, fan_in in ((self.w1, self.b1, d_model), (self.w2, self.b2, d_hidden)):
+            bound = 1.0 / math.sqrt(fan_in)                                # nn.Linear's default init, per expert
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+        self.routing: Routing | None = None
+        self.aux_losses: dict[str, Tensor] = {}
+        self.aux_loss: Tensor = torch.zeros(())
+
+    @property
+    def expert_param_names(self) -> tuple[str, ...]:
+        """Names of the stacked expert parameters; slice [e] of each is expert e."""
+        return ("w1", "b1", "w2", "b2")
+
+    def capacity(self, num_tokens: int) -> int | None:
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead, d = x.shape[:-1], x.shape[-1]
+        x = x.reshape(-1, d)                                             # (T, d)
+        ops = resolve_backend(self.backend, x.device)
+        logits = self.gate(x)                                            # (T, E)
+        weights, indices = ops.topk_softmax(logits, self.top_k)          # (T, k), (T, k)
+        index = ops.routing_index(indices, self.num_experts)
+        x_perm = ops.permute(x, index)                                   # (T*k, d)
+        capacity = self.capacity(x.shape[0])
+        y_perm = run_experts(x_perm, index, self.w1, self.b1, self.w2, self.b2, self.activation, capacity)
+        y = ops.combine(y_perm, weights, index)                          # (T, d_out)
+
+        counts = index.counts
+        dropped = 0 if capacity is None else int((counts - capacity).clamp(min=0).sum())
+        probs = torch.softmax(logits.float(), dim=-1)                    # (T, E) for P_e
+        self.aux_losses = {
+            "load_balance": load_balance_loss(probs, indices, self.num_experts),
+            "z_loss": z_loss(logits),
+        }
+        self.aux_loss = self.lb_coef * self.aux_losses["load_balance"] + self.z_coef * self.aux_losses["z_loss"]
+        self.routing = Routing(weights.detach(), indices.detach(), logits.detach(), counts.detach(), dropped)
+        return y.reshape(*lead, y.shape[-1])
+
+    def extra_repr(self) -> str:
+        return (f"experts={self.num_experts}, top_k={self.top_k}, backend={self.backend!r}, "
+                f"capacity_factor={self.capacity_factor}")
