@@ -84,9 +84,9 @@ class ExperimentConfig:
     """Fraction of clients sampled each round (at least one)."""
     rounds: int = 30
     """Communication rounds."""
-    local_epochs: int = 2
+    local_epochs: int = 3
     """Local epochs per round."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Local mini-batch size."""
     optimizer: str = "adam"
     """Local optimizer, 'adam' or 'sgd'; its state is reset every round (clients keep only parameters)."""

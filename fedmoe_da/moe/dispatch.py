@@ -75,16 +75,16 @@ def run_experts(
     only the first ``capacity`` rows of each block (the earliest tokens) are
     computed; the rest stay zero (dropped).
     """
-    E = w1.shape[0]
     outs = []
     counts = index.counts.tolist()   # one host sync; the loop is over experts, not tokens
+    # unbind once: indexing w1[e] per expert would make autograd allocate a full (E, ...) gradient per expert
+    W1, B1, W2, B2 = (t.unbind(0) for t in (w1, b1, w2, b2))
     start = 0
-    for e in range(E):
-        n = counts[e]
+    for e, n in enumerate(counts):
         keep = n if capacity is None else min(n, capacity)
         block = x_perm[start:start + keep]                           # (n_e, d)
-        h = activation(torch.addmm(b1[e], block, w1[e]))             # (n_e, h)
-        outs.append(torch.addmm(b2[e], h, w2[e]))                    # (n_e, d_out)
+        h = activation(torch.addmm(B1[e], block, W1[e]))             # (n_e, h)
+        outs.append(torch.addmm(B2[e], h, W2[e]))                    # (n_e, d_out)
         if keep < n:
             outs.append(x_perm.new_zeros(n - keep, w2.shape[2]))
         start += n

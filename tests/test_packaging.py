@@ -1,0 +1,52 @@
+"""Packaging: environment.yml follows pyproject.toml, and the README's example runs."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).parents[1]
+CONDA_NAMES = {"torch": "pytorch"}   # pip name -> conda-forge name where they differ
+
+
+def _pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in ("dev", "notebooks"):
+        reqs += project["optional-dependencies"][extra]
+    out = {}
+    for r in reqs:
+        name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", r).groups()
+        out[CONDA_NAMES.get(name.lower(), name.lower())] = spec.replace(" ", "")
+    return out
+
+
+def _conda_requirements() -> tuple[dict[str, str], list[str]]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = {}, []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            pip += dep["pip"]
+            continue
+        name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", dep).groups()
+        conda[name.lower()] = spec.replace(" ", "")
+    return conda, pip
+
+
+def test_environment_yml_matches_pyproject():
+    conda, pip = _conda_requirements()
+    conda.pop("python"), conda.pop("pip")
+    assert conda == _pyproject_requirements()
+    triton = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["triton"]
+    assert [p.replace(" ", "") for p in pip] == [t.replace(" ", "") for t in triton] + ["-e."]
+
+
+def test_readme_example_runs():
+    """The README's Python example, executed as written."""
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert 0.0 <= result.summary["final_acc_mean"] <= 1.0
+    assert result.summary["server_bytes"] > 0 and result.summary["p2p_bytes"] > 0
