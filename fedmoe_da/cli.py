@@ -15,10 +15,17 @@ FLAGS = ["dataset", "partition", "alpha", "model", "num_experts", "top_k", "back
          "local_epochs", "batch_size", "lr", "rounds", "seed", "P", "tau", "I", "device", "max_samples"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     docs = describe_fields()
     defaults = ExperimentConfig()
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--clients", dest="num_clients", type=int, help=docs["num_clients"] + f" (default {defaults.num_clients})")
     choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "backend": BACKENDS}
     types = {f: type(getattr(defaults, f)) if getattr(defaults, f) is not None else int for f in FLAGS}
@@ -30,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--smoke", action="store_true", help="make everything tiny (seconds): for tests and CI")
     common.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    parser = argparse.ArgumentParser(prog="fedmoe-da", description="FedMoE-DA: federated MoE with domain-aware aggregation")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fedmoe-da", description="FedMoE-DA: federated MoE with domain-aware aggregation")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", parents=[common], help="run one strategy and write its run folder")
     run.add_argument("--strategy", choices=STRATEGIES, help=f"{docs['strategy']} (default {defaults.strategy})")
     cmp_ = sub.add_parser("compare", parents=[common], help="FedMoE-DA vs FedAvg vs Local on one partition: table + plot")
@@ -65,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--seeds={args.seeds} is invalid: must be an integer >= 1")
             return _compare(config, strategies, args.seeds)
         return _run(config)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, OSError) as exc:   # OSError: a missing file or a failed download
+        print(f"fedmoe-da: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except ValueError as exc:               # e.g. a cached dataset file with a wrong checksum
+        if type(exc).__name__ != "ChecksumError":
+            raise
         print(f"fedmoe-da: error: {exc}", file=sys.stderr)
         return 2
 

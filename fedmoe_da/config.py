@@ -184,6 +184,11 @@ class ExperimentConfig:
         integer("seed", 0)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             bad("device", "must be 'cpu' or 'cuda[:n]'")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                bad("device", "CUDA is not available on this machine: use 'cpu'")
         return self
 
     # ------------------------------------------------------------------

@@ -29,6 +29,15 @@ from fedmoe_da.fl.transport import SERVER
 EPS_TIE = 1e-9   # numerical noise only: the reference's ties are exact ties
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def cos(a: list[float], b: list[float]) -> float:
     na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
     if na == 0 or nb == 0:
@@ -122,10 +131,11 @@ def test_small_tau_concentrates_on_the_best():
     proxies = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
     A = aggregation_matrix(proxies, P=7, tau=1e-3)
     assert torch.all(A.diagonal() > 0.999), "itself (R_ii = 1) is the best match"
-    # without itself in the running, the best other expert takes almost everything
-    twin = torch.cat([proxies, proxies[:1] + 1e-3 * torch.randn(1, 6)])       # a near-copy of 0
-    B = aggregation_matrix(twin, P=1, tau=1e-2)
-    assert B[8, 0] > 0.4 and B[0, 8] > 0.4 and B[0, :8].sum() > 0.4
+    # pair 8 is a near-copy of pair 0: with full rows, rows 0 and 8 put almost all weight on {0, 8}
+    twin = torch.cat([proxies, proxies[:1] + 1e-3 * torch.randn(1, 6, generator=torch.Generator().manual_seed(4))])
+    B = aggregation_matrix(twin, P=8, tau=5e-3)
+    assert B[0, [0, 8]].sum() > 0.999 and B[8, [0, 8]].sum() > 0.999
+    assert B[0, 8] > 0.3 and B[8, 0] > 0.3, "the twin is as good as itself"
     A1 = aggregation_matrix(proxies, P=7, tau=0.5)
     R = torch.nn.functional.normalize(proxies.double(), dim=1) @ torch.nn.functional.normalize(proxies.double(), dim=1).T
     for i in range(8):                                                 # weights ordered as correlations

@@ -77,12 +77,10 @@ def _load_raw(config: ExperimentConfig) -> tuple[np.ndarray, np.ndarray, np.ndar
             list(real.classes))
 
 
-def build(config: ExperimentConfig) -> MultiDomainDataset:
-    """The dataset of ``config``: split once (stratified, seeded), domains assigned and applied."""
+def _split(config: ExperimentConfig, x, y, x_test, y_test):
+    """Train/test split once (stratified, seeded), unless the dataset comes with its own test split."""
     from sklearn.model_selection import train_test_split
 
-    rng = np.random.default_rng(config.seed)
-    x, y, x_test, y_test, classes = _load_raw(config)
     if x_test is None:
         if config.max_samples is not None and config.max_samples < len(y):
             keep, _ = train_test_split(np.arange(len(y)), train_size=config.max_samples, stratify=y,
@@ -90,11 +88,23 @@ def build(config: ExperimentConfig) -> MultiDomainDataset:
             x, y = x[keep], y[keep]
         tr, te = train_test_split(np.arange(len(y)), test_size=config.test_fraction, stratify=y,
                                   random_state=config.seed)
-        x, x_test, y, y_test = x[tr], x[te], y[tr], y[te]
-    elif config.max_samples is not None:
+        return x[tr], y[tr], x[te], y[te]
+    if config.max_samples is not None:
         n_test = max(1, round(config.max_samples * config.test_fraction))
         x, y = x[: config.max_samples - n_test], y[: config.max_samples - n_test]
         x_test, y_test = x_test[:n_test], y_test[:n_test]
+    return x, y, x_test, y_test
+
+
+def build(config: ExperimentConfig) -> MultiDomainDataset:
+    """The dataset of ``config``: split once (stratified, seeded), domains assigned and applied."""
+    rng = np.random.default_rng(config.seed)
+    x, y, x_test, y_test, classes = _load_raw(config)
+    try:
+        x, y, x_test, y_test = _split(config, x, y, x_test, y_test)
+    except ValueError as exc:   # scikit-learn: too few samples to stratify
+        raise ConfigError(f"config.max_samples={config.max_samples!r} is invalid for {config.dataset}: "
+                          f"{str(exc).splitlines()[0]}") from None
     D = len(config.domains)
     d_tr = torch.from_numpy(rng.integers(0, D, size=len(y)))
     d_te = torch.from_numpy(rng.integers(0, D, size=len(y_test)))

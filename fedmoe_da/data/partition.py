@@ -46,6 +46,7 @@ def affinity(num_clients: int, num_domains: int, purity: float) -> np.ndarray:
         return np.ones((num_clients, 1))
     W = np.full((num_clients, num_domains), (1.0 - purity) / (num_domains - 1))
     W[np.arange(num_clients), np.arange(num_clients) % num_domains] = purity
+    W[:, W.sum(axis=0) == 0] = 1.0   # a domain that is nobody's home (purity 1, N < D) is shared evenly
     return W
 
 
@@ -87,7 +88,11 @@ def partition(
         order = np.lexsort((rng.random(n), labels))                  # by label, random within label
         shards = np.array_split(order, num_shards)
         deal = rng.permutation(num_shards).reshape(N, shards_per_client)
-        return [np.sort(np.concatenate([shards[s] for s in row])) for row in deal]
+        parts = [np.sort(np.concatenate([shards[s] for s in row])) for row in deal]
+        if min(len(p) for p in parts) < min_samples:
+            raise ValueError(f"partition='shards' gives a client {min(len(p) for p in parts)} samples, below "
+                             f"min_samples={min_samples}: lower num_clients, shards_per_client or min_samples")
+        return parts
 
     num_classes, num_domains = int(labels.max()) + 1, int(domains.max()) + 1
     W = affinity(N, num_domains, purity) if scheme in ("domain", "domain_dirichlet") else np.ones((N, num_domains))

@@ -69,6 +69,7 @@ def run_simulation(config: ExperimentConfig, transport: Transport | None = None)
     for rnd in bar:
         participants = sample_participants(rng, config.num_clients, config.participation)
         train_loss: dict[int, float] = {}
+        strategy.begin_round(rnd, participants, states, transport)
         for k in participants:
             c = clients[k]
             new, loss = trainer.train(states[k], c.x_train, c.y_train, client_seed(config.seed, rnd, k),

@@ -53,6 +53,9 @@ class Strategy:
     def server_groups(self) -> list[str]:
         return [g for g in self.groups if self.channels.get(group_kind(g)) == "server"]
 
+    def begin_round(self, rnd: int, participants: list[int], states: list[State], transport: Transport) -> None:
+        """Before local training (e.g. FedAvg sends the current global model to stale participants)."""
+
     def communicate(self, rnd: int, participants: list[int], states: list[State], transport: Transport) -> None:
         uploads = self.upload(rnd, participants, states, transport)
         self.aggregate(rnd, uploads)
@@ -114,6 +117,29 @@ class FedAvg(Strategy):
     def __init__(self, config, groups, template, num_train) -> None:
         super().__init__(config, groups, template, num_train)
         self.global_state = {n: t.clone() for n, t in template.items()}
+        self.global_version = 0                      # bumped by every aggregation
+        self.held = [0] * len(num_train)             # version of the global model each client holds
+
+    def begin_round(self, rnd, participants, states, transport) -> None:
+        """Participants that missed the latest global model (partial participation) get it before training."""
+        for k in participants:
+            if self.held[k] == self.global_version:
+                continue
+            for g, refs in self.groups.items():
+                got = transport.send(rnd, SERVER, k, "server-down", g, read_group(self.global_state, refs),
+                                     expect=self.shapes[g])
+                if got is not None:
+                    write_group(states[k], refs, got)
+            self.held[k] = self.global_version
+
+    def aggregate(self, rnd, uploads) -> None:
+        super().aggregate(rnd, uploads)
+        self.global_version += 1
+
+    def download(self, rnd, participants, states, transport) -> None:
+        super().download(rnd, participants, states, transport)
+        for k in participants:
+            self.held[k] = self.global_version
 
 
 class FedProx(FedAvg):
