@@ -35,7 +35,7 @@ def one(clients: int, rounds: int, strategy: str, max_samples: int | None) -> di
     from fedmoe_da.config import ExperimentConfig
     from fedmoe_da.fl import simulation
 
-    config = ExperimentConfig(num_clients=clients, rounds=1, strategy=strategy, progress=False, min_samples=2,
+    config = ExperimentConfig(num_clients=clients, rounds=1, strategy=strategy, progress=False, min_samples=1,
                               max_samples=max_samples).validate()
     times, rss = [], []
     # time rounds one by one through the real loop: run R rounds, record wall time per round via a hook
