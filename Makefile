@@ -12,7 +12,6 @@ TORCH  ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	# torch first, pinned: an unpinned torch pulls several GB of CUDA wheels
 	$(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -e ".[dev,notebooks,triton]"
