@@ -7,6 +7,7 @@ CPU interpreter (slow: the kernel tests keep sizes small there).
 import os
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -14,3 +15,12 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

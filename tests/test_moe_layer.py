@@ -25,15 +25,6 @@ from fedmoe_da.moe.dispatch import TORCH_OPS, routing_index_reference
 TOL = dict(rtol=1e-5, atol=1e-6)   # the router's softmax runs in fp32 even for fp64 inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU, written out."""
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))

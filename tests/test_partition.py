@@ -24,15 +24,6 @@ CELL_SCHEMES = ("iid", "dirichlet", "domain", "domain_dirichlet")   # retried un
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _labels_domains(n: int, classes: int, domains: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     g = np.random.default_rng(seed + 12345)
     return g.integers(0, classes, n), g.integers(0, domains, n)

@@ -25,15 +25,6 @@ GROUP = re.compile(r"backbone|head|gate\[\d+\]|expert\[\d+\]\[\d+\]|A\[\d+\]")
 INPUT_SHAPE = (1, 8, 8)   # the embedded digits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def smoke(**changes) -> ExperimentConfig:
     return ExperimentConfig(progress=False, backend="torch", seed=0).smoke().replace(**changes)
 
