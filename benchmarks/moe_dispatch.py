@@ -48,7 +48,7 @@ import pandas as pd  # noqa: E402
 import triton  # noqa: E402
 
 from fedmoe_da.moe import MoELayer  # noqa: E402
-from fedmoe_da.moe.dispatch import TORCH_OPS  # noqa: E402
+from fedmoe_da.moe.reference import TORCH_OPS  # noqa: E402
 from fedmoe_da.moe.triton_dispatch import TRITON_OPS  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedmoe_da.moe import MoELayer, load_balance_loss, z_loss
-from fedmoe_da.moe.dispatch import TORCH_OPS, routing_index_reference
+from fedmoe_da.moe.reference import TORCH_OPS, routing_index_reference
 
 TOL = dict(rtol=1e-5, atol=1e-6)   # the router's softmax runs in fp32 even for fp64 inputs
 

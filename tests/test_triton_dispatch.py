@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedmoe_da.moe import MoELayer, triton_available
-from fedmoe_da.moe.dispatch import TORCH_OPS as REF
+from fedmoe_da.moe.reference import TORCH_OPS as REF
 
 _OK, _WHY = triton_available()           # (bool, reason): the tuple itself is always truthy
 if not _OK:

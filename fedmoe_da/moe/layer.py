@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dispatch import resolve_backend, run_experts
+from .backend import BACKENDS, resolve_backend
 from .router import load_balance_loss, z_loss
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
@@ -52,6 +52,8 @@ class MoELayer(nn.Module):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k={top_k} is invalid: must be between 1 and num_experts ({num_experts})")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is invalid: must be one of {', '.join(BACKENDS)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is invalid: must be one of {', '.join(ACTIVATIONS)}")
         d_out = d_model if d_out is None else d_out
@@ -84,16 +86,12 @@ class MoELayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead, d = x.shape[:-1], x.shape[-1]
         x = x.reshape(-1, d)                                             # (T, d)
-        ops = resolve_backend(self.backend, x.device)
+        backend = resolve_backend(self.backend, x.device)
         logits = self.gate(x)                                            # (T, E)
-        weights, indices = ops.topk_softmax(logits, self.top_k)          # (T, k), (T, k)
-        index = ops.routing_index(indices, self.num_experts)
-        x_perm = ops.permute(x, index)                                   # (T*k, d)
+        weights, indices = backend.topk_softmax(logits, self.top_k)      # (T, k), (T, k)
         capacity = self.capacity(x.shape[0])
-        y_perm = run_experts(x_perm, index, self.w1, self.b1, self.w2, self.b2, self.activation, capacity)
-        y = ops.combine(y_perm, weights, index)                          # (T, d_out)
-
-        counts = index.counts
+        y, counts = backend.dispatch(x, weights, indices, self.w1, self.b1, self.w2, self.b2,
+                                     self.activation, capacity)          # (T, d_out), (E,)
         dropped = 0 if capacity is None else int((counts - capacity).clamp(min=0).sum())
         probs = torch.softmax(logits.float(), dim=-1)                    # (T, E) for P_e
         self.aux_losses = {

@@ -27,6 +27,13 @@ def topk_softmax_reference(logits: Tensor, k: int, renormalize: bool = True) -> 
     return weights, indices
 
 
+def expert_counts(indices: Tensor, num_experts: int) -> Tensor:
+    """Assignments per expert, (T, k) -> (E,) int64. A scatter-add: unlike bincount, no host sync on CUDA."""
+    flat = indices.reshape(-1)                                                    # (T*k,)
+    return torch.zeros(num_experts, dtype=torch.int64, device=indices.device).scatter_add_(
+        0, flat, torch.ones_like(flat))
+
+
 def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Tensor:
     """Switch-style load balance, scaled so that perfect balance gives 1.
 
@@ -38,8 +45,7 @@ def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Tenso
     gradient (the counts are not differentiable).
     """
     T, k = indices.shape
-    counts = torch.bincount(indices.reshape(-1), minlength=num_experts).float()  # (E,)
-    f = counts / T
+    f = expert_counts(indices, num_experts).float() / T                          # (E,)
     P = probs.float().mean(dim=0)                                                 # (E,)
     return (num_experts / k) * torch.sum(f * P)
 

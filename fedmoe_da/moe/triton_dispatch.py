@@ -1,4 +1,4 @@
-"""Triton backend of the MoE dispatch: the four ops of ``dispatch.py`` as a handful of short kernels.
+"""Triton backend of the MoE dispatch: the four ops of ``reference.py`` as a handful of short kernels.
 
     topk_softmax   logits (T, E)            -> weights (T, k) fp32, indices (T, k) int64   one read of the logits
     routing_index  indices (T, k)           -> RoutingIndex                                histograms + ranks, no sort
@@ -7,19 +7,20 @@
 
 Each op has the signature and results of its torch reference (``topk_softmax_reference``
 in router.py, ``routing_index_reference`` / ``permute_reference`` / ``combine_reference``
-in dispatch.py) and is tested against it. Every kernel loads in the input dtype
+in reference.py) and is tested against it. Every kernel loads in the input dtype
 (fp16, bf16, fp32) and computes in fp32. No kernel uses atomics: ``pos_of`` is a
 permutation, so every backward is a gather or a scatter to distinct rows, and
 results do not depend on the thread schedule. Other dtypes (fp64) and empty
 inputs fall back to the torch reference.
 
-On CUDA the block sizes come from a simple heuristic; under ``TRITON_INTERPRET=1``
-(CPU tensors, Triton's interpreter) one small fixed config is used.
+This module imports only the references; which device may run it is decided
+above it, in ``backend.py``. On CUDA the tile sizes come from the constants
+below; under ``TRITON_INTERPRET=1`` (CPU tensors, Triton's interpreter) one
+small fixed tile is used, so that the interpreter stays quick.
 """
 from __future__ import annotations
 
 import os
-import types
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +29,22 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .dispatch import RoutingIndex, combine_reference, permute_reference, routing_index_reference
+from .reference import DispatchOps, RoutingIndex, combine_reference, permute_reference, routing_index_reference
 from .router import topk_softmax_reference
 
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)   # others (fp64) use the torch reference
+
+# Tiles on a GPU: about this many elements per program, rows split into slices of at most MAX_BLOCK_D.
+TILE_ELEMENTS = 4096           # permute / combine: BLOCK_R * BLOCK_D
+MAX_BLOCK_D = 1024             # widest slice of a row one program step moves
+TOPK_TILE_ELEMENTS = 2048      # top-k softmax: BLOCK_T * E_PAD
+HIST_TILE_ELEMENTS = 16384     # routing index: BLOCK_A * E_PAD, clamped to [MIN_BLOCK_A, MAX_BLOCK_A]
+MIN_BLOCK_A, MAX_BLOCK_A = 16, 1024
+NUM_WARPS = 4
+# Tiles in Triton's CPU interpreter: small and fixed (the interpreter runs a tile as numpy arrays).
+INTERPRET_BLOCK_T = 16         # rows (tokens or permuted rows) per program
+INTERPRET_BLOCK_D = 32         # columns per program
+INTERPRET_BLOCK_A = 64         # assignments per program
 
 
 def _interpreting() -> bool:
@@ -40,19 +53,17 @@ def _interpreting() -> bool:
 
 def _use_kernels(*tensors: Tensor) -> bool:
     """True when the kernels apply; False means: use the torch reference (fp64, empty input)."""
-    if any(t.numel() == 0 for t in tensors) or any(t.dtype not in _KERNEL_DTYPES for t in tensors if t.is_floating_point()):
+    if any(t.numel() == 0 for t in tensors):
         return False
-    if tensors[0].device.type != "cuda" and not _interpreting():
-        raise RuntimeError("Triton dispatch on CPU tensors needs TRITON_INTERPRET=1 set before Triton is imported")
-    return True
+    return all(t.dtype in KERNEL_DTYPES for t in tensors if t.is_floating_point())
 
 
 def _row_tiles(d: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_D, num_warps) for the kernels that move rows of width d."""
     if _interpreting():
-        return 16, 32, 1
-    block_d = min(triton.next_power_of_2(d), 1024)        # a 1024-wide slice of a row per program step
-    return max(1, 4096 // block_d), block_d, 4            # ~4096 elements per tile
+        return INTERPRET_BLOCK_T, INTERPRET_BLOCK_D, 1
+    block_d = min(triton.next_power_of_2(d), MAX_BLOCK_D)
+    return max(1, TILE_ELEMENTS // block_d), block_d, NUM_WARPS
 
 
 def _pad(n: int) -> int:
@@ -132,9 +143,10 @@ def _topk_softmax_bwd_kernel(z_ptr, w_ptr, idx_ptr, gw_ptr, gz_ptr, T, E, K: tl.
 
 
 def _topk_tiles(e_pad: int) -> tuple[int, int]:
+    """(BLOCK_T, num_warps) for the top-k softmax kernels over e_pad (padded) experts."""
     if _interpreting():
-        return 16, 1
-    return max(1, 2048 // e_pad), 4
+        return INTERPRET_BLOCK_T, 1
+    return max(1, TOPK_TILE_ELEMENTS // e_pad), NUM_WARPS
 
 
 class _TopkSoftmax(torch.autograd.Function):
@@ -211,13 +223,13 @@ def _assign_rows_kernel(idx_ptr, base_ptr, pos_ptr, tok_ptr, A, E, K, E_PAD: tl.
 
 
 def routing_index(indices: Tensor, num_experts: int) -> RoutingIndex:
-    """Expert-contiguous order without a sort; reference: ``dispatch.routing_index_reference``."""
+    """Expert-contiguous order without a sort; reference: ``reference.routing_index_reference``."""
     if not _use_kernels(indices):
         return routing_index_reference(indices, num_experts)
     T, k = indices.shape
     A, E, e_pad = T * k, num_experts, _pad(num_experts)
     flat = indices.reshape(-1).contiguous()                                   # (A,)
-    block_a = 64 if _interpreting() else max(16, min(1024, 16384 // e_pad))
+    block_a = INTERPRET_BLOCK_A if _interpreting() else max(MIN_BLOCK_A, min(MAX_BLOCK_A, HIST_TILE_ELEMENTS // e_pad))
     nb = triton.cdiv(A, block_a)
     hist = torch.empty(nb, E, device=indices.device, dtype=torch.int32)      # (NB, E)
     _expert_histogram_kernel[(nb,)](flat, hist, A, E, E_PAD=e_pad, BLOCK_A=block_a)
@@ -330,7 +342,7 @@ class _Permute(torch.autograd.Function):
 
 
 def permute(x: Tensor, index: RoutingIndex) -> Tensor:
-    """Rows into expert order, (T, d) -> (T*k, d); reference: ``dispatch.permute_reference``."""
+    """Rows into expert order, (T, d) -> (T*k, d); reference: ``reference.permute_reference``."""
     if not _use_kernels(x, index.token_of):
         return permute_reference(x, index)
     return _Permute.apply(x, index.token_of.contiguous(), index.pos_of.contiguous())
@@ -362,16 +374,10 @@ class _Combine(torch.autograd.Function):
 
 
 def combine(y_perm: Tensor, weights: Tensor, index: RoutingIndex) -> Tensor:
-    """Weighted un-permute, (T*k, d) -> (T, d) in y_perm's dtype; reference: ``dispatch.combine_reference``."""
+    """Weighted un-permute, (T*k, d) -> (T, d) in y_perm's dtype; reference: ``reference.combine_reference``."""
     if not _use_kernels(y_perm, weights, index.pos_of):
         return combine_reference(y_perm, weights, index)
     return _Combine.apply(y_perm, weights, index.pos_of.contiguous())
 
 
-TRITON_OPS = types.SimpleNamespace(
-    name="triton",
-    topk_softmax=topk_softmax,
-    routing_index=routing_index,
-    permute=permute,
-    combine=combine,
-)
+TRITON_OPS = DispatchOps(topk_softmax, routing_index, permute, combine)

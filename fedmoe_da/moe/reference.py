@@ -1,8 +1,9 @@
-"""Dispatch: group tokens by expert, run each expert on a contiguous block, put results back.
+"""Sort-based dispatch, the readable torch reference: group tokens by expert, run each
+expert on a contiguous block of rows, put the results back.
 
-This is the readable torch reference (sort-based, runs everywhere). The Triton
-backend (``triton_dispatch.py``) implements the same four operations with the
-same signatures and is tested against these functions.
+It runs everywhere and is the oracle for the other backends: the Triton kernels
+(``triton_dispatch.py``) implement the same four ops with the same signatures,
+and the dense path (``dense.py``) must give the same results.
 
 With T tokens, k choices each and E experts there are T*k *assignments*. The
 flat assignment a = t*k + j (token t, choice j) goes to expert indices[t, j].
@@ -13,21 +14,19 @@ flat assignment a = t*k + j (token t, choice j) goes to expert indices[t, j].
     combine        y_perm, w (T,k) -> y (T, d_out)     y[t] = sum_j w[t,j] y_perm[pos_of[t,j]]
 
 Rows inside an expert's block are ordered by flat assignment index (stable
-by token), so results do not depend on the backend's thread schedule.
+by token), so results do not depend on a backend's thread schedule, and a
+capacity C keeps the C earliest tokens of each expert.
 """
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .router import topk_softmax_reference
+from .router import expert_counts, topk_softmax_reference
 
 
 @dataclass
@@ -45,7 +44,7 @@ def routing_index_reference(indices: Tensor, num_experts: int) -> RoutingIndex:
     T, k = indices.shape
     flat = indices.reshape(-1)                                       # (T*k,)
     order = torch.argsort(flat, stable=True)                         # (T*k,) permuted row -> flat a
-    counts = torch.bincount(flat, minlength=num_experts)             # (E,)
+    counts = expert_counts(indices, num_experts)                     # (E,)
     offsets = F.pad(torch.cumsum(counts, 0), (1, 0))                 # (E+1,)
     pos_of = torch.empty_like(order)
     pos_of[order] = torch.arange(order.numel(), device=order.device)  # inverse permutation
@@ -93,48 +92,25 @@ def run_experts(
     return torch.cat(outs, dim=0)                                    # (T*k, d_out)
 
 
-# --------------------------------------------------------------------------- backends
+@dataclass(frozen=True)
+class DispatchOps:
+    """The four ops of sort-based dispatch, one implementation each: ``TORCH_OPS`` here, ``TRITON_OPS`` in the kernels."""
 
-TORCH_OPS = SimpleNamespace(
-    name="torch",
-    topk_softmax=topk_softmax_reference,
-    routing_index=routing_index_reference,
-    permute=permute_reference,
-    combine=combine_reference,
-)
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> tuple[bool, str]:
-    """(True, '') if the Triton backend can run here, else (False, why). Checked once per process."""
-    try:
-        from . import triton_dispatch  # noqa: F401
-    except Exception as exc:  # ImportError, or Triton failing to find a driver
-        return False, f"triton cannot be imported ({type(exc).__name__}: {exc})"
-    return True, ""
+    topk_softmax: Callable[..., tuple[Tensor, Tensor]]     # logits (T, E), k -> weights (T, k) fp32, indices (T, k)
+    routing_index: Callable[[Tensor, int], RoutingIndex]   # indices (T, k), E -> RoutingIndex
+    permute: Callable[[Tensor, RoutingIndex], Tensor]      # x (T, d) -> x_perm (T*k, d)
+    combine: Callable[[Tensor, Tensor, RoutingIndex], Tensor]  # y_perm (T*k, d_out), w (T, k) -> y (T, d_out)
 
 
-def resolve_backend(name: str, device: torch.device) -> SimpleNamespace:
-    """'torch' | 'triton' | 'auto' -> the four dispatch ops.
+TORCH_OPS = DispatchOps(topk_softmax_reference, routing_index_reference, permute_reference, combine_reference)
 
-    'auto' takes Triton on CUDA when it imports, the torch reference otherwise.
-    'triton' on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter).
-    """
-    if name == "torch":
-        return TORCH_OPS
-    if name not in ("triton", "auto"):
-        raise ValueError(f"backend={name!r} is invalid: must be one of auto, torch, triton")
-    if name == "auto" and device.type != "cuda":
-        return TORCH_OPS
-    ok, why = triton_available()
-    if name == "auto":
-        if ok:
-            from . import triton_dispatch
-            return triton_dispatch.TRITON_OPS
-        return TORCH_OPS
-    if not ok:
-        raise RuntimeError(f"backend='triton' is unavailable: {why}")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before Triton is imported")
-    from . import triton_dispatch
-    return triton_dispatch.TRITON_OPS
+
+def sort_dispatch(
+    ops: DispatchOps, x: Tensor, weights: Tensor, indices: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+    activation: Callable[[Tensor], Tensor], capacity: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Route (T, d) tokens through their k experts with ``ops``: -> y (T, d_out), counts (E,) assignments per expert."""
+    index = ops.routing_index(indices, w1.shape[0])
+    x_perm = ops.permute(x, index)                                   # (T*k, d)
+    y_perm = run_experts(x_perm, index, w1, b1, w2, b2, activation, capacity)  # (T*k, d_out)
+    return ops.combine(y_perm, weights, index), index.counts         # (T, d_out), (E,)
