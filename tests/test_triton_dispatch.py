@@ -35,6 +35,8 @@ D = 1024 + 40 if CUDA else 40
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}   # relative to the largest |expected|
 EK = [(E, k) for E in (1, 4, 64) for k in (1, 2, 4) if k <= E]
+# E not a power of two: the kernels pad the expert axis to E_PAD and must mask the padding out
+EK_ODD = [(E, k) for E in (3, 6, 10) for k in (1, 2, 3)]
 
 
 def _close(actual, expected, dtype=torch.float32):
@@ -82,6 +84,24 @@ def test_topk_softmax_matches_reference(E, k, T, dtype):
     _close(gz, gz_ref, dtype)
 
 
+@pytest.mark.parametrize("E,k", EK_ODD)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_topk_softmax_experts_not_a_power_of_two(E, k, dtype):
+    T = TOKENS[1]
+    torch.manual_seed(E * 10 + k)
+    z = (3 * torch.randn(T, E, device=DEVICE)).to(dtype).requires_grad_()
+    z32 = z.detach().float().requires_grad_()
+    w, idx = TRI.topk_softmax(z, k)
+    w_ref, idx_ref = REF.topk_softmax(z32, k)
+    assert torch.equal(idx, idx_ref)
+    assert int(idx.max()) < E                                      # never a padding column
+    _close(w, w_ref)
+    g = torch.randn(T, k, device=DEVICE)
+    (gz,) = torch.autograd.grad(w, z, g)
+    (gz_ref,) = torch.autograd.grad(w_ref, z32, g)
+    _close(gz, gz_ref, dtype)
+
+
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_topk_softmax_without_renormalisation(renormalize):
     z = torch.randn(37, 8, device=DEVICE, requires_grad=True)
@@ -111,6 +131,12 @@ def test_topk_softmax_ties_go_to_lower_index(dtype):
 @pytest.mark.parametrize("T", TOKENS)
 def test_routing_index_matches_reference(E, k, T):
     idx = _indices(T, E, k, seed=T + E + k)
+    _assert_same_index(TRI.routing_index(idx, E), REF.routing_index(idx, E))
+
+
+@pytest.mark.parametrize("E,k", EK_ODD)
+def test_routing_index_experts_not_a_power_of_two(E, k):
+    idx = _indices(TOKENS[-1], E, k, seed=E + k, empty=E - 1)
     _assert_same_index(TRI.routing_index(idx, E), REF.routing_index(idx, E))
 
 
@@ -195,6 +221,45 @@ def test_combine_backward_only_weights_or_only_rows():
         _close(torch.autograd.grad(out, leaf, g)[0], torch.autograd.grad(out_ref, leaf, g)[0])
 
 
+# --------------------------------------------------------------------------- fallbacks: fp64 and empty inputs
+
+def _all_ops(ops, T, d, E, k, dtype, seed=0):
+    """Run the four ops (forward and backward) on one set of inputs: {name: tensor}."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(T, E, generator=g, dtype=dtype).to(DEVICE).requires_grad_()
+    x = torch.randn(T, d, generator=g, dtype=dtype).to(DEVICE).requires_grad_()
+    y_perm = torch.randn(T * k, d, generator=g, dtype=dtype).to(DEVICE).requires_grad_()
+    w, idx = ops.topk_softmax(z, k)
+    index = ops.routing_index(idx, E)
+    x_perm = ops.permute(x, index)
+    y = ops.combine(y_perm, w, index)
+    out = {"weights": w, "indices": idx, **{n: getattr(index, n) for n in ("counts", "offsets", "token_of", "pos_of")},
+           "x_perm": x_perm, "y": y}
+    if T:
+        loss = y.square().sum() + (x_perm * torch.arange(x_perm.numel(), device=DEVICE).view_as(x_perm)).sum()
+        out |= dict(zip(("grad_z", "grad_x", "grad_y_perm"), torch.autograd.grad(loss, (z, x, y_perm))))
+    return out
+
+
+def test_fp64_inputs_fall_back_to_the_reference_exactly():
+    got, want = _all_ops(TRI, 37, 20, 6, 2, torch.float64), _all_ops(REF, 37, 20, 6, 2, torch.float64)
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype, name
+        assert torch.equal(got[name], want[name]), name
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_zero_tokens_give_empty_results(dtype):
+    E, k, d = 5, 2, 20
+    out = _all_ops(TRI, 0, d, E, k, dtype)
+    shapes = {"weights": (0, k), "indices": (0, k), "counts": (E,), "offsets": (E + 1,), "token_of": (0,),
+              "pos_of": (0, k), "x_perm": (0, d), "y": (0, d)}
+    assert {n: tuple(t.shape) for n, t in out.items()} == shapes
+    assert out["counts"].sum() == 0 and out["offsets"].sum() == 0
+    assert out["weights"].dtype == torch.float32 and out["y"].dtype == dtype
+
+
 # --------------------------------------------------------------------------- the whole layer
 
 def _layer_pair(E, k, dtype, capacity_factor=None, seed=0):
@@ -225,7 +290,7 @@ def _compare_layers(ref, tri, x, dtype):
         _close(g[name], g_ref[name], dtype)
 
 
-@pytest.mark.parametrize("E,k", [(4, 1), (4, 2), (4, 4), (64, 2), (64, 4)])
+@pytest.mark.parametrize("E,k", [(4, 1), (4, 2), (4, 4), (6, 3), (10, 2), (64, 2), (64, 4)])
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_layer_triton_matches_torch(E, k, T):
     ref, tri = _layer_pair(E, k, torch.float32, seed=T + E + k)
