@@ -6,7 +6,9 @@
     result.ledger    # every transfer: round, src, dst, channel, group, numel, bytes
 """
 from .config import ConfigError, ExperimentConfig
-from .results import compare, load_run, simulate
+from .fl.run_folder import load_run
+from .fl.simulation import simulate
+from .results import compare
 
 __version__ = "0.1.0"
 __all__ = ["ExperimentConfig", "ConfigError", "simulate", "compare", "load_run", "__version__"]

@@ -1,162 +1,137 @@
-"""Results: summaries of a run, run folders, and the strategy comparison table.
+"""Comparing runs: run several strategies on one partition, tabulate them, and keep the README honest.
 
-A run folder (DESIGN section 8) holds everything a figure needs:
+    table, results = compare(config, ["fedmoe_da", "fedmoe_da:proxy=gate", "fedavg"], seeds=3)
+    print(format_table(table))
 
-    config.json      the config, plus package versions, python, platform and git sha
-    history.csv      one row per (round, client): accuracy, losses, routed tokens per expert
-    ledger.csv       one row per transfer: round, src, dst, channel, group, numel, bytes, accepted
-    rejections.csv   one row per rejected payload or discarded local update
-    summary.json     the numbers of :func:`summarize`
+A strategy entry is a strategy name, optionally followed by ``:field=value``
+overrides (e.g. ``fedmoe_da:proxy=gate:P=3``); the entry is the run's label.
+Runs go to ``out/<label>/seed<s>/`` (run folders, ``fl/run_folder.py``); a
+run whose folder already holds a finished run of the same config is read
+back instead of run again, so an interrupted ``compare`` resumes.
+
+The README's results block is a copy of a committed ``comparison.md`` that
+``compare`` wrote (``update_readme``); a test checks that they are equal.
 """
 from __future__ import annotations
 
 import json
-import math
-import platform
-import subprocess
-import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import ExperimentConfig
-from .fl.simulation import SimulationResult, run_simulation
-from .fl.transport import Transport
+from .config import ConfigError, ExperimentConfig, parse_value
+from .fl.run_folder import load_run, versions
+from .fl.simulation import simulate
+from .fl.summary import SimulationResult
 
-SERVER_CHANNELS = ("server-up", "server-down")
-
-
-def versions() -> dict[str, str]:
-    """Versions of python and the packages a run depends on, and the git sha if in a checkout."""
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("fedmoe-da", "torch", "numpy", "pandas", "scikit-learn", "matplotlib", "triton"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-        out["git_sha"] = sha or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        out["git_sha"] = "unknown"
-    return out
+README_BEGIN = "<!-- results: begin {source} -->"
+README_END = "<!-- results: end -->"
 
 
-def worst_fraction_mean(values: pd.Series, fraction: float = 0.1) -> float:
-    """Mean of the lowest ``fraction`` of values (at least one)."""
-    v = values.dropna().sort_values()
-    if v.empty:
-        return math.nan
-    return float(v.iloc[: max(1, math.ceil(fraction * len(v)))].mean())
+def parse_entry(entry: str, config: ExperimentConfig) -> ExperimentConfig:
+    """'fedmoe_da:proxy=gate:P=3' -> config with strategy, overrides and label set (validated)."""
+    name, *overrides = entry.strip().split(":")
+    changes: dict = {"strategy": name, "label": entry.strip()}
+    for item in overrides:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"strategy entry {entry!r} is invalid: overrides are written name:field=value")
+        changes[field] = parse_value(field, value)
+    return config.replace(**changes).validate()
 
 
-def summarize(history: pd.DataFrame, ledger: pd.DataFrame) -> dict:
-    """Final and best-round personalised accuracy, and the bytes per channel."""
-    per_round = history.groupby("round")["personalised_accuracy"].mean()
-    last = int(history["round"].max())
-    final = history[history["round"] == last]
-    by_channel = ledger.groupby("channel")["bytes"].sum() if len(ledger) else pd.Series(dtype=float)
-    glob = final["global_accuracy"].mean()
-    return {
-        "final_round": last,
-        "final_acc_mean": float(final["personalised_accuracy"].mean()),
-        "final_acc_std": float(final["personalised_accuracy"].std(ddof=0)),
-        "final_acc_worst10": worst_fraction_mean(final["personalised_accuracy"]),
-        "best_round": int(per_round.idxmax()),
-        "best_acc_mean": float(per_round.max()),
-        "final_global_acc": None if pd.isna(glob) else float(glob),
-        "server_up_bytes": int(by_channel.get("server-up", 0)),
-        "server_down_bytes": int(by_channel.get("server-down", 0)),
-        "server_bytes": int(sum(by_channel.get(c, 0) for c in SERVER_CHANNELS)),
-        "p2p_bytes": int(by_channel.get("p2p", 0)),
-        "rejected_transfers": int((~ledger["accepted"]).sum()) if len(ledger) else 0,
-    }
+def run_or_load(config: ExperimentConfig) -> SimulationResult:
+    """``simulate(config)``, unless ``config.out`` already holds a finished run of exactly this config."""
+    if config.out and (Path(config.out) / "summary.json").exists():
+        done = load_run(config.out)
+        if done.config.to_dict() == config.to_dict():
+            return done
+    return simulate(config)
 
 
-def write_run_folder(result: SimulationResult, path: str | Path) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps({"config": result.config.to_dict(), "versions": versions()},
-                                                 indent=2, sort_keys=True))
-    result.history.to_csv(path / "history.csv", index=False)
-    result.ledger.to_csv(path / "ledger.csv", index=False)
-    result.rejections.to_csv(path / "rejections.csv", index=False)
-    (path / "summary.json").write_text(json.dumps(result.summary, indent=2))
-    return path
-
-
-def load_run(path: str | Path) -> SimulationResult:
-    """Read a run folder back into a SimulationResult."""
-    path = Path(path)
-    cfg = ExperimentConfig.from_dict(json.loads((path / "config.json").read_text())["config"])
-    return SimulationResult(cfg, pd.read_csv(path / "history.csv"), pd.read_csv(path / "ledger.csv"),
-                            pd.read_csv(path / "rejections.csv"), json.loads((path / "summary.json").read_text()),
-                            str(path))
-
-
-def simulate(config: ExperimentConfig, transport: Transport | None = None) -> SimulationResult:
-    """Run one strategy; returns .history, .ledger, .rejections, .summary and writes config.out if set."""
-    result = run_simulation(config, transport)
-    result.summary = summarize(result.history, result.ledger)
-    if config.out:
-        result.run_dir = str(write_run_folder(result, config.out))
-    return result
-
-
-def compare(config: ExperimentConfig, strategies: tuple[str, ...] = ("fedmoe_da", "fedavg", "local"),
+def compare(config: ExperimentConfig, strategies=("fedmoe_da", "fedavg", "local"),
             seeds: int = 1) -> tuple[pd.DataFrame, list[SimulationResult]]:
-    """Run each strategy on the same partition (same seed) for ``seeds`` seeds; returns (table, results).
+    """Run each strategy entry on the same partition (same seed) for ``seeds`` seeds; returns (table, results).
 
-    With ``config.out`` set, each run goes to out/<strategy>/seed<s>/ and the table to out/comparison.csv.
+    With ``config.out`` set, each run goes to out/<label>/seed<s>/ and the table to out/comparison.csv.
     """
     config.validate()
+    entries = [s.strip() for s in strategies]
+    if len(set(entries)) != len(entries):
+        dup = next(e for e in entries if entries.count(e) > 1)
+        raise ConfigError(f"strategies={','.join(entries)!r} is invalid: {dup!r} is listed twice")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} is invalid: must be an integer >= 1")
+    configs = [parse_entry(e, config) for e in entries]                  # every entry checked before any run
     results = []
     for s in range(seeds):
-        for strategy in strategies:
-            out = None if config.out is None else str(Path(config.out) / strategy / f"seed{config.seed + s}")
-            results.append(simulate(replace(config, strategy=strategy, seed=config.seed + s, out=out)))
+        for c in configs:
+            out = None if config.out is None else str(Path(config.out) / c.label / f"seed{config.seed + s}")
+            results.append(run_or_load(c.replace(seed=config.seed + s, out=out)))
     table = comparison_table(results)
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         table.to_csv(Path(config.out) / "comparison.csv", index=False)
+        (Path(config.out) / "comparison.md").write_text(format_table(table) + "\n")
         (Path(config.out) / "config.json").write_text(json.dumps(
-            {"config": config.to_dict(), "strategies": list(strategies), "seeds": seeds, "versions": versions()},
+            {"config": config.to_dict(), "strategies": entries, "seeds": seeds, "versions": versions()},
             indent=2, sort_keys=True))
     return table, results
 
 
 def comparison_table(results: list[SimulationResult]) -> pd.DataFrame:
-    """One row per strategy; numbers averaged over seeds (seed_std: std of the final mean over seeds)."""
-    rows = []
-    for r in results:
-        rows.append({"strategy": r.config.strategy, "seed": r.config.seed, **r.summary})
+    """One row per strategy entry; numbers averaged over seeds (seed_std: std over seeds of the final mean)."""
+    rows = [{"strategy": r.config.label or r.config.strategy, "seed": r.config.seed, **r.summary} for r in results]
     df = pd.DataFrame(rows)
     order = list(dict.fromkeys(df["strategy"]))
+    df["domain_purity_first"] = pd.to_numeric(df["domain_purity_first"], errors="coerce")
     agg = df.groupby("strategy", sort=False).agg(
         seeds=("seed", "count"), final_acc=("final_acc_mean", "mean"), seed_std=("final_acc_mean", "std"),
         client_std=("final_acc_std", "mean"), worst10=("final_acc_worst10", "mean"),
         best_acc=("best_acc_mean", "mean"), best_round=("best_round", "median"),
-        server_MB=("server_bytes", "mean"), p2p_MB=("p2p_bytes", "mean")).reindex(order).reset_index()
+        server_MB=("server_bytes", "mean"), p2p_MB=("p2p_bytes", "mean"), total_MB=("total_bytes", "mean"),
+        purity=("domain_purity_first", "mean")).reindex(order).reset_index()
     agg["seed_std"] = agg["seed_std"].fillna(0.0)
-    agg[["server_MB", "p2p_MB"]] = agg[["server_MB", "p2p_MB"]] / 1e6
-    fedavg = agg.loc[agg["strategy"] == "fedavg", "server_MB"]
-    agg["server_vs_fedavg"] = agg["server_MB"] / float(fedavg.iloc[0]) if len(fedavg) and float(fedavg.iloc[0]) > 0 else np.nan
+    agg[["server_MB", "p2p_MB", "total_MB"]] = agg[["server_MB", "p2p_MB", "total_MB"]] / 1e6
+    fedavg = agg.loc[agg["strategy"] == "fedavg"]
+    for col in ("server", "total"):
+        base = float(fedavg[f"{col}_MB"].iloc[0]) if len(fedavg) else np.nan
+        agg[f"{col}_vs_fedavg"] = agg[f"{col}_MB"] / base if base > 0 else np.nan
     return agg
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The comparison as a fixed-width text table (also valid Markdown)."""
-    head = ("| strategy | final acc (mean ± std over clients) | worst 10% | best acc (round) | "
-            "server MB | P2P MB | server vs FedAvg | seeds |")
-    lines = [head, "|" + "---|" * 8]
+    """The comparison as a Markdown table."""
+    head = ("| strategy | final acc (mean ± std over clients) | worst 10% | best acc (round) | server MB | "
+            "P2P MB | total MB | server / total vs FedAvg | purity of A | seeds |")
+    lines = [head, "|" + "---|" * 10]
     for _, r in table.iterrows():
         seed = f" (± {r.seed_std:.3f} over seeds)" if r.seeds > 1 else ""
-        ratio = "n/a" if pd.isna(r.server_vs_fedavg) else f"{r.server_vs_fedavg:.2f}"
+        ratio = "n/a" if pd.isna(r.server_vs_fedavg) else f"{r.server_vs_fedavg:.2f} / {r.total_vs_fedavg:.2f}"
+        purity = "–" if pd.isna(r.purity) else f"{r.purity:.2f}"
         lines.append(f"| {r.strategy} | {r.final_acc:.3f} ± {r.client_std:.3f}{seed} | {r.worst10:.3f} | "
-                     f"{r.best_acc:.3f} ({int(r.best_round)}) | {r.server_MB:.1f} | {r.p2p_MB:.1f} | {ratio} | {int(r.seeds)} |")
+                     f"{r.best_acc:.3f} ({int(r.best_round)}) | {r.server_MB:.1f} | {r.p2p_MB:.1f} | {r.total_MB:.1f} | "
+                     f"{ratio} | {purity} | {int(r.seeds)} |")
     return "\n".join(lines)
+
+
+def readme_block(readme: str, source: str) -> str | None:
+    """The text between the README's results markers for ``source`` (None if absent)."""
+    begin = README_BEGIN.format(source=source)
+    if begin not in readme:
+        return None
+    return readme.split(begin, 1)[1].split(README_END, 1)[0].strip("\n")
+
+
+def update_readme(readme_path: str | Path, source: str | Path) -> None:
+    """Copy the committed results file ``source`` (a comparison.md) between the README's markers."""
+    readme_path, source = Path(readme_path), Path(source)
+    text = readme_path.read_text()
+    rel = source.as_posix()
+    begin = README_BEGIN.format(source=rel)
+    if begin not in text:
+        raise ValueError(f"{readme_path} has no '{begin}' marker")
+    before, rest = text.split(begin, 1)
+    after = rest.split(README_END, 1)[1]
+    readme_path.write_text(f"{before}{begin}\n{source.read_text().strip()}\n{README_END}{after}")

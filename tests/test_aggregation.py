@@ -24,6 +24,7 @@ from fedmoe_da import models
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport, aggregate_experts, aggregation_matrix, drop_absent, fedavg
 from fedmoe_da.fl.strategies import FedAvg, FedMoEDA, Local
+from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.transport import SERVER
 
 EPS_TIE = 1e-9   # numerical noise only: the reference's ties are exact ties
@@ -182,7 +183,7 @@ def tiny_setup(**changes):
                            backend="torch", model="cnn").replace(**changes)
     torch.manual_seed(0)
     model = models.build(cfg, (1, 8, 8), 10)
-    return cfg, models.get_state(model), models.param_groups(model)
+    return cfg, get_state(model), models.param_groups(model)
 
 
 def random_states(template, seed: int) -> list[dict]:

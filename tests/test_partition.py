@@ -1,12 +1,10 @@
 """Partitioners and the multi-domain dataset, checked against properties and naive references.
 
-The partitioner functions live in ``fedmoe_da/data/partition.py``; the package
-``fedmoe_da.data`` re-exports a *function* named ``partition``, which shadows the
-submodule attribute, so the module is imported through ``importlib``.
+The partitioner functions live in ``fedmoe_da/data/partitioners.py`` (named so
+that it is not shadowed by the ``partition`` function ``fedmoe_da.data`` exports).
 """
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 
 import numpy as np
@@ -15,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import fedmoe_da.data.partitioners as P
 from fedmoe_da import data
 from fedmoe_da.config import ConfigError, ExperimentConfig
 
-P = importlib.import_module("fedmoe_da.data.partition")
 SCHEMES = ("iid", "dirichlet", "shards", "domain", "domain_dirichlet")
 CELL_SCHEMES = ("iid", "dirichlet", "domain", "domain_dirichlet")   # retried until min_samples holds
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

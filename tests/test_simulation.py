@@ -220,7 +220,7 @@ def test_fedavg_participants_start_from_the_global_model(monkeypatch):
 
     monkeypatch.setattr(sim, "make_strategy", make_and_keep)
     monkeypatch.setattr(sim.Trainer, "train", train_and_check)
-    sim.run_simulation(smoke(strategy="fedavg", participation=0.5).replace(rounds=4))
+    sim.simulate(smoke(strategy="fedavg", participation=0.5).replace(rounds=4))
     assert diffs and max(diffs) == 0.0, diffs
 
 
@@ -247,7 +247,7 @@ def test_clients_hold_states_not_models(monkeypatch):
     for n in (2, 6):
         built.clear()
         live.clear()
-        sim.run_simulation(smoke(strategy="fedavg", num_clients=n))
+        sim.simulate(smoke(strategy="fedavg", num_clients=n))
         counts[n] = len(built)
         assert len(live) == 2 * n and len(set(live)) == 1, live       # flat over clients and rounds
     assert counts[2] == counts[6] > 0

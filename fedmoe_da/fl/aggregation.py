@@ -33,13 +33,19 @@ def correlation(proxies: Tensor) -> Tensor:
     return R
 
 
-def aggregation_matrix(proxies: Tensor, P: int, tau: float) -> Tensor:
+def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: float | None = None) -> Tensor:
     """The row-stochastic (M, M) matrix A of Eq. 8-10 for proxies (M, d).
 
     Row i puts weight on the expert itself and its P most correlated experts in
     the pool (intra- and inter-client, any slot), softmax-weighted by R / tau.
     Ties at the threshold are all kept, so a row may hold more than P + 1
     entries. P = 0 gives the identity; P >= M - 1 uses the whole pool.
+
+    ``min_correlation`` (not in the paper; None: Eq. 9 as published) also drops
+    every j != i with R_ij <= min_correlation. It exists because with
+    degenerate proxies (e.g. orthogonal or all-zero rows) the (P+1)-th largest
+    value is a tie at 0 shared by most of the pool, and Eq. 9 then keeps the
+    whole pool: every expert becomes the pool average.
     """
     if P < 0 or tau <= 0:
         raise ValueError(f"P={P}, tau={tau} are invalid: need P >= 0 and tau > 0")
@@ -50,17 +56,17 @@ def aggregation_matrix(proxies: Tensor, P: int, tau: float) -> Tensor:
     # Eq. 9: S_i = { j : R_ij >= (P+1)-th largest value of row i } (row i contains i itself)
     threshold = R.topk(min(P + 1, M), dim=1).values[:, -1:]                    # (M, 1)
     selected = R >= threshold - TIE_TOLERANCE                                  # (M, M) bool
+    if min_correlation is not None:                                            # the guard, see above
+        selected &= (R > min_correlation) | torch.eye(M, dtype=torch.bool)
     # Eq. 10: a_ij = exp(R_ij / tau) / sum_{l in S_i} exp(R_il / tau), 0 outside S_i
     logits = (R / tau).masked_fill(~selected, float("-inf"))
     return torch.softmax(logits, dim=1).float()                                # (M, M), rows sum to 1
 
 
 def aggregate_experts(A: Tensor, thetas: Tensor) -> Tensor:
-    """Eq. 11: theta_i <- sum_j a_ij theta_j, from the pre-update thetas (synchronous).
-
-    A (M, M) or the (m, M) rows of some pairs; thetas (M, ...) -> (m, ...).
-    """
+    """A (M, M) or the (m, M) rows of some pairs; thetas (M, ...) -> (m, ...), from the pre-update thetas."""
     flat = thetas.reshape(thetas.shape[0], -1).float()                         # (M, p)
+    # Eq. 11: theta_i <- sum_j a_ij theta_j (synchronous: every theta_j as it was before this sync)
     return (A.float() @ flat).reshape(A.shape[0], *thetas.shape[1:]).to(thetas.dtype)
 
 
@@ -71,3 +77,78 @@ def drop_absent(weights: Tensor, present: Tensor) -> Tensor:
     """
     kept = weights * present
     return kept / kept.sum(dim=-1, keepdim=True)
+
+
+# --------------------------------------------------------------------------- proxies
+# The paper's proxy is the gate row. With one gate initialisation shared by all
+# clients, same-slot rows keep cosine 0.95-0.99 across all clients whatever their
+# domain (measured on the digits, issue 7), so R sees the shared init, not the
+# domains. The alternatives below remove what all clients share.
+
+def centre_by_slot(proxies: Tensor, num_experts: int) -> Tensor:
+    """Proxies (M, d) of a pool ordered (client, slot) -> each row minus its slot's mean over the pool's clients.
+
+    Removes the part every client shares slot by slot (the common initialisation
+    and the common drift), keeping what makes a client's expert different.
+    Cosine is scale-free, so R stays in [-1, 1] and tau keeps its meaning.
+    """
+    M, d = proxies.shape
+    by_slot = proxies.reshape(M // num_experts, num_experts, d)                 # (N, E, d)
+    return (by_slot - by_slot.mean(dim=0, keepdim=True)).reshape(M, d)
+
+
+def domain_proxies(home_domains: list[int], num_experts: int, num_domains: int) -> Tensor:
+    """The oracle proxy (teaching only: the server never knows domains): [one-hot(home domain), one-hot(slot)].
+
+    For a pool of clients with these home domains -> (N * E, D + E). Same domain and
+    slot: R = 1; same domain or same slot: 0.5; neither: 0. Row i's top P are the same
+    slot of clients of its own domain first.
+    """
+    dom = torch.eye(num_domains)[torch.tensor(home_domains)]                   # (N, D)
+    N = len(home_domains)
+    return torch.cat([dom.repeat_interleave(num_experts, 0), torch.eye(num_experts).repeat(N, 1)], dim=1)
+
+
+# --------------------------------------------------------------------------- diagnostics
+def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domains: list[int] | None) -> dict:
+    """How domain-aware one layer's A is, over a pool ordered (client, slot).
+
+    * domain_purity: of each row's inter-client weight, the share that goes to
+      clients with the row's home domain, averaged over rows that have any;
+    * purity_chance: the same share if that weight were spread evenly over the
+      other pool clients (what a domain-blind A gets);
+    * self_weight: mean a_ii; same_slot_share: of the off-diagonal weight, the
+      share on the same slot of other clients; intra_client_share: the share on
+      other slots of the same client; nnz_per_row: mean non-zeros per row.
+    """
+    A = A.double()
+    M = A.shape[0]
+    client = torch.tensor(pool).repeat_interleave(num_experts)                  # (M,) client of each pair
+    slot = torch.arange(num_experts).repeat(len(pool))                          # (M,)
+    eye = torch.eye(M, dtype=torch.bool)
+    same_client = client[:, None] == client[None, :]                            # (M, M)
+    off = A.masked_fill(eye, 0.0)
+    off_total = off.sum(1)                                                      # (M,)
+    inter = A.masked_fill(same_client, 0.0)                                     # inter-client weight
+    out = {
+        "self_weight": float(A.diagonal().mean()),
+        "same_slot_share": _share(off, (slot[:, None] == slot[None, :]) & ~same_client, off_total),
+        "intra_client_share": _share(off, same_client & ~eye, off_total),
+        "nnz_per_row": float((A > 0).sum(1).double().mean()),
+        "domain_purity": float("nan"), "purity_chance": float("nan"),
+    }
+    if home_domains is not None and len(pool) > 1:
+        home = torch.tensor([home_domains[k] for k in pool]).repeat_interleave(num_experts)  # (M,)
+        same_home = (home[:, None] == home[None, :]) & ~same_client
+        out["domain_purity"] = _share(inter, same_home, inter.sum(1))
+        chance = same_home.sum(1).double() / (~same_client).sum(1).double()     # (M,) per row
+        out["purity_chance"] = float(chance.mean())
+    return out
+
+
+def _share(weights: Tensor, mask: Tensor, totals: Tensor) -> float:
+    """Mean over rows with a positive total of (masked weight / total); NaN if no row has any."""
+    has = totals > 0
+    if not bool(has.any()):
+        return float("nan")
+    return float(((weights * mask).sum(1)[has] / totals[has]).mean())

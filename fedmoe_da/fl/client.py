@@ -1,8 +1,9 @@
 """Local training and evaluation on client *states*.
 
 One ``Trainer`` owns one model workspace for the whole simulation; a client's
-model is its state (a dict of tensors) loaded into that workspace, trained,
-and copied out. Memory therefore stays flat over rounds: N states, one model.
+model is its state (a dict of tensors, ``state.py``) loaded into that
+workspace, trained, and copied out. Memory therefore stays flat over rounds:
+N states, one model.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ExperimentConfig
-from ..models import MoEModel, State, get_state, load_state
+from ..models import MoEModel
+from .state import State, get_state, load_state
 
 
 @dataclass
@@ -29,8 +31,19 @@ class Trainer:
         self.model = model.to(config.device)
         self.config = config
 
-    def train(self, state: State, x: Tensor, y: Tensor, seed: int, prox_mu: float = 0.0) -> tuple[State, float]:
-        """``local_epochs`` of mini-batch training on (x, y) from ``state``: loss = CE + aux losses (+ FedProx term).
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def train(self, state: State, x: Tensor, y: Tensor, seed: int, prox_center: State | None = None,
+              prox_mu: float = 0.0, phases: list[tuple[int, set[str]]] | None = None) -> tuple[State, float]:
+        """Mini-batch training on (x, y) from ``state``: loss = CE + aux losses (+ proximal term).
+
+        * ``phases``: (epochs, names of the parameters trained) in order, each with
+          a fresh optimizer; default one phase of ``local_epochs`` over everything.
+        * ``prox_center`` / ``prox_mu``: adds (mu / 2) ||w - center||^2 (FedProx, Ditto).
 
         Returns the new state and the mean training loss. ``seed`` fixes the
         mini-batch order, so a client's update does not depend on who trained before it.
@@ -38,25 +51,30 @@ class Trainer:
         cfg, model = self.config, self.model
         load_state(model, state)
         model.train()
-        if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        center = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
+        params = dict(model.named_parameters())
+        phases = phases if phases is not None else [(cfg.local_epochs, set(params))]
+        center = None if prox_center is None or prox_mu == 0 else {n: prox_center[n].detach().clone() for n in params}
         gen = torch.Generator().manual_seed(seed)
         x, y = x.to(cfg.device), y.to(cfg.device)
         total, steps = 0.0, 0
-        for _ in range(cfg.local_epochs):
-            order = torch.randperm(len(y), generator=gen)
-            for start in range(0, len(y), cfg.batch_size):
-                batch = order[start:start + cfg.batch_size]
-                loss = F.cross_entropy(model(x[batch]), y[batch]) + model.aux_loss()
-                if center is not None:   # FedProx: (mu / 2) * ||w - w_global||^2
-                    loss = loss + 0.5 * prox_mu * sum(((p - c) ** 2).sum() for p, c in zip(model.parameters(), center))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, steps = total + float(loss.detach()), steps + 1
+        for epochs, trained in phases:
+            for n, p in params.items():
+                p.requires_grad_(n in trained)
+            opt = self._optimizer([p for n, p in params.items() if n in trained])
+            for _ in range(epochs):
+                order = torch.randperm(len(y), generator=gen)
+                for start in range(0, len(y), cfg.batch_size):
+                    batch = order[start:start + cfg.batch_size]
+                    loss = F.cross_entropy(model(x[batch]), y[batch]) + model.aux_loss()
+                    if center is not None:   # (mu / 2) * ||w - center||^2
+                        loss = loss + 0.5 * prox_mu * sum(((params[n] - c) ** 2).sum() for n, c in center.items()
+                                                          if n in trained)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total, steps = total + float(loss.detach()), steps + 1
+        for p in params.values():
+            p.requires_grad_(True)
         return get_state(model), total / max(steps, 1)
 
     @torch.no_grad()
@@ -72,7 +90,3 @@ class Trainer:
         loss = float(F.cross_entropy(logits, y.to(logits.device)))
         acc = float((logits.argmax(dim=1).cpu() == y).float().mean())
         return EvalResult(loss, acc, [m.routing.tokens_per_expert.cpu().tolist() for m in layers])
-
-
-def is_finite_state(state: State) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in state.values())

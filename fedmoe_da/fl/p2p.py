@@ -34,6 +34,17 @@ class ClientRows:
         index = payload["index"]
         return cls(index[:, 0], index[:, 1], index[:, 2], payload["weight"], version)
 
+    def sources(self) -> list[tuple[int, int]]:
+        """The distinct (peer, slot) experts these rows use, sorted (the client's own included)."""
+        return sorted({(int(p), int(s)) for p, s in zip(self.peer, self.slot)})
+
+    def weight_matrix(self, num_experts: int) -> Tensor:
+        """The rows as a dense (E, S) matrix over ``sources()``: entry (e, s) = a_ij."""
+        col = {src: c for c, src in enumerate(self.sources())}
+        W = torch.zeros(num_experts, len(col))                                    # (E, S)
+        W[self.row, torch.tensor([col[(int(p), int(s))] for p, s in zip(self.peer, self.slot)], dtype=torch.long)] = self.weight
+        return W
+
 
 def rows_for_client(A: Tensor, pool_clients: list[int], client: int, num_experts: int, version: int) -> ClientRows:
     """Client ``client``'s rows of A (M, M) over the pool ``pool_clients`` x slots, non-zeros only."""
@@ -46,8 +57,7 @@ def rows_for_client(A: Tensor, pool_clients: list[int], client: int, num_experts
 
 def fetch_plan(rows: ClientRows, client: int, present: set[int]) -> list[tuple[int, int]]:
     """The distinct remote (peer, slot) experts ``client`` fetches: present peers other than itself."""
-    wanted = {(int(p), int(s)) for p, s in zip(rows.peer, rows.slot)}
-    return sorted((p, s) for p, s in wanted if p != client and p in present)
+    return [(p, s) for p, s in rows.sources() if p != client and p in present]
 
 
 def p2p_graph(ledger: pd.DataFrame, round: int | None = None) -> nx.DiGraph:

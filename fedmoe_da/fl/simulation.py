@@ -1,17 +1,19 @@
-"""The in-process federated simulation loop.
+"""The one runner: ``simulate(config)`` runs a federated simulation in this process.
 
     data -> partition -> one model (clients hold states) -> for each round:
-        sample participants -> local training -> strategy.communicate -> evaluate every client
+        sample participants -> strategy.begin_round -> local training (strategy.train)
+        -> strategy.communicate (upload, aggregate, download, p2p) -> evaluate every client
+        -> append history, ledger, diagnostics to the run folder
 
 Personalised accuracy is each client's own state on its own held-out split,
 evaluated after the round's communication (what the client would use now).
-Strategies with a global model (FedAvg, FedProx) also get the global model's
-accuracy on every client's split.
+Strategies with a global model (FedAvg, FedProx, Ditto) also get the global
+model's accuracy on every client's split.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -19,23 +21,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as data_mod
-from .. import models
-from ..config import ExperimentConfig
-from .client import Trainer, is_finite_state
-from .strategies import Strategy, make_strategy
+from .. import models, seeds
+from ..config import ConfigError, ExperimentConfig
+from ..models.names import gate_group, routed_column
+from ..moe import resolve_backend
+from .client import Trainer
+from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, matrix_key
+from .state import State, get_state, is_finite_state
+from .strategies import make_strategy
+from .strategy import Strategy
+from .summary import SimulationResult, summarize
 from .transport import InProcessTransport, Transport
-
-
-@dataclass
-class SimulationResult:
-    """What a run produced: tidy tables plus the objects behind them."""
-
-    config: ExperimentConfig
-    history: pd.DataFrame        # one row per (round, client)
-    ledger: pd.DataFrame         # one row per transfer
-    rejections: pd.DataFrame     # one row per rejected payload or discarded update
-    summary: dict = field(default_factory=dict)
-    run_dir: str | None = None
 
 
 def sample_participants(rng: np.random.Generator, num_clients: int, participation: float) -> list[int]:
@@ -43,28 +39,71 @@ def sample_participants(rng: np.random.Generator, num_clients: int, participatio
     return sorted(int(k) for k in rng.choice(num_clients, size=m, replace=False))
 
 
-def client_seed(seed: int, rnd: int, client: int) -> int:
-    """Mini-batch order seed of one client's local training in one round."""
-    return (seed * 1_000_003 + rnd * 10_007 + client) % (2**63)
-
-
-def run_simulation(config: ExperimentConfig, transport: Transport | None = None) -> SimulationResult:
-    """Run ``config`` in this process and return its history and ledger (no files written)."""
+def preflight(config: ExperimentConfig) -> None:
+    """Checks that need more than the config itself (the dispatch backend here), before any work."""
     config.validate()
-    torch.manual_seed(config.seed)
+    try:
+        resolve_backend(config.backend, torch.device(config.device))
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"config.backend={config.backend!r} is invalid here: {str(exc).splitlines()[0]}") from None
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def initial_states(model: torch.nn.Module, config: ExperimentConfig, num_clients: int) -> list[State]:
+    """One initialisation for every client; with ``gate_init="per_client"`` each client draws its own gates."""
+    template = get_state(model)
+    states = [{n: t.clone() for n, t in template.items()} for _ in range(num_clients)]
+    if config.gate_init == "per_client":
+        groups = models.param_groups(model)
+        for k, state in enumerate(states):
+            gen = torch.Generator().manual_seed(seeds.integer_seed(config.seed, "init", k + 1))
+            for l in range(len(model.moe_layers)):  # type: ignore[arg-type]
+                key = groups[gate_group(l)][0].key
+                bound = 1.0 / math.sqrt(state[key].shape[1])                    # nn.Linear's default init
+                state[key] = (torch.rand(state[key].shape, generator=gen) * 2 - 1) * bound
+    return states
+
+
+def simulate(config: ExperimentConfig, transport: Transport | None = None) -> SimulationResult:
+    """Run ``config``; returns .history, .ledger, .rejections, .clients, .aggregation, .matrices and .summary.
+
+    With ``config.out`` set, the run folder is written as the run goes (``run_folder.py``).
+    """
+    preflight(config)
+    with torch_threads(config.threads):
+        return _simulate(config, transport or InProcessTransport())
+
+
+def _simulate(config: ExperimentConfig, transport: Transport) -> SimulationResult:
     dataset = data_mod.build(config)
     clients = data_mod.partition(dataset, config)
-    torch.manual_seed(config.seed)
+    table = data_mod.client_table(clients, dataset)
+    torch.manual_seed(seeds.integer_seed(config.seed, "init", 0))
     model = models.build(config, dataset.input_shape, dataset.num_classes)
-    template = models.get_state(model)
-    groups = models.param_groups(model)
-    states = [{n: t.clone() for n, t in template.items()} for _ in clients]   # one init for all clients
-    strategy: Strategy = make_strategy(config, groups, template, [c.num_train for c in clients])
+    template = get_state(model)
+    states = initial_states(model, config, len(clients))
+    strategy: Strategy = make_strategy(config, models.param_groups(model), template, [c.num_train for c in clients],
+                                       home_domains=table["home_domain"].tolist())
+    strategy.start(states)
     trainer = Trainer(model, config)
-    transport = transport or InProcessTransport()
-    rng = np.random.default_rng([config.seed, 2])
+    rng = seeds.generator(config.seed, "participants")
+    folder = RunFolder(config.out) if config.out else None
+    if folder:
+        folder.start(config, table)
 
-    rows: list[dict] = []
+    history: list[dict] = []
+    diagnostics: list[dict] = []
+    matrices: dict[str, np.ndarray] = {}
+    written = {LEDGER: 0, REJECTIONS: 0}   # rows of the ledger already in the run folder
     bar = tqdm(range(1, config.rounds + 1), desc=config.strategy, disable=not config.progress, leave=False)
     for rnd in bar:
         participants = sample_participants(rng, config.num_clients, config.participation)
@@ -72,30 +111,50 @@ def run_simulation(config: ExperimentConfig, transport: Transport | None = None)
         strategy.begin_round(rnd, participants, states, transport)
         for k in participants:
             c = clients[k]
-            new, loss = trainer.train(states[k], c.x_train, c.y_train, client_seed(config.seed, rnd, k),
-                                      prox_mu=strategy.prox_mu)
+            new, loss = strategy.train(k, trainer, states[k], c.x_train, c.y_train,
+                                       seeds.integer_seed(config.seed, "batches", rnd, k))
             if is_finite_state(new) and math.isfinite(loss):
                 states[k], train_loss[k] = new, loss
             else:   # a diverged client keeps its previous state; the round goes on
                 transport.ledger.reject(rnd, k, k, "local", "all", "non-finite parameters after local training")
         strategy.communicate(rnd, participants, states, transport)
-        rows.extend(evaluate_round(rnd, config, clients, states, trainer, strategy, participants, train_loss))
-        mean_acc = np.nanmean([r["personalised_accuracy"] for r in rows[-len(clients):]])
-        bar.set_postfix(acc=f"{mean_acc:.3f}")
-    return SimulationResult(config, pd.DataFrame(rows), transport.ledger.to_frame(), transport.ledger.rejections())
+        rows = evaluate_round(rnd, config, clients, states, trainer, strategy, participants, train_loss)
+        history.extend(rows)
+        new_diag = strategy.diagnostics()
+        diagnostics.extend(new_diag)
+        if new_diag:   # a refresh: keep this round's A of every layer
+            matrices.update({matrix_key(rnd, g): A.numpy() for g, A in strategy.matrices().items()})  # type: ignore[attr-defined]
+        if folder:
+            folder.append(HISTORY, pd.DataFrame(rows))
+            folder.append(LEDGER, transport.ledger.to_frame().iloc[written[LEDGER]:])
+            folder.append(REJECTIONS, transport.ledger.rejections().iloc[written[REJECTIONS]:])
+            folder.append(AGGREGATION, pd.DataFrame(new_diag))
+            if new_diag:
+                folder.save_matrices(matrices)
+            written = {LEDGER: len(transport.ledger.rows), REJECTIONS: len(transport.ledger.rejected)}
+        bar.set_postfix(acc=f"{np.nanmean([r['personalised_accuracy'] for r in rows]):.3f}")
+
+    result = SimulationResult(config, pd.DataFrame(history), transport.ledger.to_frame(), transport.ledger.rejections(),
+                              clients=table, aggregation=pd.DataFrame(diagnostics), matrices=matrices)
+    result.summary = summarize(result.history, result.ledger, result.rejections, result.aggregation)
+    if folder:
+        folder.finish(result.summary)
+        result.run_dir = str(folder.path)
+    return result
 
 
 def evaluate_round(rnd, config, clients, states, trainer, strategy, participants, train_loss) -> list[dict]:
     rows = []
+    global_state = strategy.global_state
     for c in clients:
         ev = trainer.evaluate(states[c.client], c.x_test, c.y_test)
         row = {"round": rnd, "client": c.client, "strategy": config.strategy, "seed": config.seed,
                "participated": c.client in participants, "train_loss": train_loss.get(c.client, math.nan),
                "test_loss": ev.loss, "personalised_accuracy": ev.accuracy,
                "global_accuracy": math.nan, "n_train": c.num_train, "n_test": len(c.y_test)}
-        if strategy.global_state is not None:
-            row["global_accuracy"] = trainer.evaluate(strategy.global_state, c.x_test, c.y_test).accuracy
+        if global_state is not None:
+            row["global_accuracy"] = trainer.evaluate(global_state, c.x_test, c.y_test).accuracy
         for l, counts in enumerate(ev.routed):
-            row.update({f"routed_l{l}_e{e}": n for e, n in enumerate(counts)})
+            row.update({routed_column(l, e): n for e, n in enumerate(counts)})
         rows.append(row)
     return rows

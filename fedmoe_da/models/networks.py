@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import ExperimentConfig
 from ..moe import MoELayer
 
 
@@ -101,3 +102,16 @@ class ViTMoE(MoEModel):
 
 def _rest(moe: dict) -> dict:
     return {k: v for k, v in moe.items() if k != "d_model"}
+
+
+MODEL_CLASSES = {"cnn": CNNMoE, "mlp": MLPMoE, "vit": ViTMoE}
+
+
+def build(config: ExperimentConfig, input_shape: tuple[int, int, int], num_classes: int) -> MoEModel:
+    """The model of ``config`` for inputs of ``input_shape`` (C, H, W)."""
+    moe = dict(d_model=config.d_model, d_hidden=config.expert_hidden, num_experts=config.num_experts,
+               top_k=config.top_k, backend=config.backend, capacity_factor=config.capacity_factor,
+               lb_coef=config.lb_coef, z_coef=config.z_coef)
+    if config.model == "vit":
+        return ViTMoE(input_shape, num_classes, moe, depth=config.moe_layers, patch_size=config.patch_size)
+    return MODEL_CLASSES[config.model](input_shape, num_classes, moe)

@@ -1,0 +1,153 @@
+"""FedMoE-DA: every expert aggregated with its P most correlated peers (Eq. 8-11), weights moved peer to peer.
+
+Per MoE layer l, the pool is every (client k, slot e) whose gate the server holds.
+
+* Refresh rounds are 1, 1 + I, 1 + 2I, ...: participants upload their gate
+  (server-up, group ``gate[l]``; with ``proxy="gate_delta"`` its change since
+  the client's initialisation), and the server builds the proxies
+  (``proxy``), then A = Eq. 8-10 over the pool of every client whose gate it
+  holds (latest upload), and records A's diagnostics.
+* Each participant that does not hold the current A gets its rows
+  (server-down, group ``A[l]``: indices + weights); rows are kept until the
+  next refresh.
+* P2P (every round, or only at refresh rounds with ``sync="refresh"``): a
+  participant fetches the distinct remote (peer, slot) experts of its rows
+  from peers present this round; absent or rejected peers are dropped and the
+  row renormalised (its own expert is always there); then Eq. 11 from the
+  experts as they were after local training (synchronous). A participant that
+  joined after the last refresh has no rows yet and keeps its experts.
+* The backbone (and a ViT's head) goes through the server as in FedAvg
+  (``fedmoe_backbone="server"``) or never leaves the client (``"local"``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, tensor_key
+from .aggregation import aggregate_experts, aggregation_matrix, centre_by_slot, domain_proxies, drop_absent, matrix_diagnostics
+from .p2p import ClientRows, fetch_plan, rows_for_client
+from .state import read_group
+from .strategy import Strategy
+from .transport import SERVER
+
+
+class FedMoEDA(Strategy):
+    name = "fedmoe_da"
+
+    def __init__(self, config, groups, template, num_train, home_domains=None) -> None:
+        self.channels = {"backbone": config.fedmoe_backbone, "head": config.fedmoe_backbone,
+                         "gate": "local", "expert": "p2p"}
+        super().__init__(config, groups, template, num_train, home_domains)
+        self.num_layers = sum(1 for g in groups if group_kind(g) == GATE)
+        self.E = template[groups[gate_group(0)][0].key].shape[0]                # experts per layer
+        self.gate_keys = [groups[gate_group(l)][0].key for l in range(self.num_layers)]
+        self.initial_gates = [{k: template[key] for k in range(len(num_train))} for key in self.gate_keys]
+        self.server_gates: list[dict[int, torch.Tensor]] = [{} for _ in range(self.num_layers)]
+        self.A: list[torch.Tensor | None] = [None] * self.num_layers
+        self.pool: list[list[int]] = [[] for _ in range(self.num_layers)]
+        self.version = 0
+        self.client_rows: dict[int, list[ClientRows]] = {}
+        self._diagnostics: list[dict] = []
+
+    def start(self, states) -> None:
+        """Each client remembers its own initial gate (for ``proxy="gate_delta"``)."""
+        self.initial_gates = [{k: s[key].clone() for k, s in enumerate(states)} for key in self.gate_keys]
+
+    def is_refresh(self, rnd: int) -> bool:
+        return (rnd - 1) % self.config.I == 0
+
+    # ------------------------------------------------------------------ server side: proxies and A
+    def upload(self, rnd, participants, states, transport):
+        uploads = super().upload(rnd, participants, states, transport)   # backbone (+ head) if 'server'
+        if self.is_refresh(rnd):
+            for l, key in enumerate(self.gate_keys):
+                g = gate_group(l)
+                for k in participants:
+                    sent = read_group(states[k], self.groups[g])
+                    if self.config.proxy == "gate_delta":                # the client sends its gate's change
+                        sent = {n: t - self.initial_gates[l][k] for n, t in sent.items()}
+                    got = transport.send(rnd, k, SERVER, "server-up", g, sent, expect=self.shapes[g])
+                    if got is not None:
+                        self.server_gates[l][k] = next(iter(got.values()))   # (E, d)
+        return uploads
+
+    def proxies(self, l: int, pool: list[int]) -> torch.Tensor:
+        """The (M, d') proxies of layer l's pool, ordered (client, slot), as ``config.proxy`` says."""
+        if self.config.proxy == "domain":
+            num_domains = max(self.home_domains) + 1
+            return domain_proxies([self.home_domains[k] for k in pool], self.E, num_domains)
+        rows = torch.cat([self.server_gates[l][k] for k in pool])               # (M, d)
+        return centre_by_slot(rows, self.E) if self.config.proxy == "gate_centred" else rows
+
+    def aggregate(self, rnd, uploads) -> None:
+        super().aggregate(rnd, uploads)
+        if not self.is_refresh(rnd):
+            return
+        self.version = rnd
+        for l in range(self.num_layers):
+            pool = sorted(self.server_gates[l])
+            self.pool[l] = pool
+            if not pool:
+                continue
+            self.A[l] = aggregation_matrix(self.proxies(l, pool), self.config.P, self.config.tau,  # (M, M)
+                                           self.config.min_correlation)
+            self._diagnostics.append({"round": rnd, "layer": l, "pool_clients": len(pool),
+                                      **matrix_diagnostics(self.A[l], pool, self.E, self.home_domains)})
+
+    def diagnostics(self) -> list[dict]:
+        rows, self._diagnostics = self._diagnostics, []
+        return rows
+
+    def matrices(self) -> dict[str, torch.Tensor]:
+        """The current A of every layer (for the run folder's matrices.npz)."""
+        return {matrix_group(l): A for l, A in enumerate(self.A) if A is not None}
+
+    def download(self, rnd, participants, states, transport) -> None:
+        super().download(rnd, participants, states, transport)
+        for k in participants:
+            held = self.client_rows.get(k)
+            if held is not None and held[0].version == self.version:
+                continue
+            rows = []
+            for l in range(self.num_layers):
+                if self.A[l] is None or k not in self.pool[l]:
+                    break
+                r = rows_for_client(self.A[l], self.pool[l], k, self.E, self.version)
+                got = transport.send(rnd, SERVER, k, "server-down", matrix_group(l), r.to_payload(),
+                                     expect={"index": (len(r.row), 3), "weight": (len(r.row),)})
+                if got is None:
+                    break
+                rows.append(ClientRows.from_payload(got, self.version))
+            if len(rows) == self.num_layers:
+                self.client_rows[k] = rows
+
+    # ------------------------------------------------------------------ client side: P2P and Eq. 11
+    def p2p(self, rnd, participants, states, transport) -> None:
+        if self.config.sync == "refresh" and not self.is_refresh(rnd):
+            return
+        present = set(participants)
+        expert_keys = {r.key for g, refs in self.groups.items() if group_kind(g) == EXPERT for r in refs}
+        before = {k: {n: states[k][n].clone() for n in expert_keys} for k in participants}   # synchronous
+        for k in participants:
+            for l, rows in enumerate(self.client_rows.get(k, [])):
+                self._sync_layer(rnd, k, l, rows, present, before, states, transport)
+
+    def _sync_layer(self, rnd, k, l, rows: ClientRows, present, before, states, transport) -> None:
+        """Fetch client k's remote experts of layer l, then Eq. 11 with absent peers dropped."""
+        received = {}
+        for peer, slot in fetch_plan(rows, k, present):
+            g = expert_group(l, slot)
+            got = transport.send(rnd, peer, k, "p2p", g, read_group(before[peer], self.groups[g]),
+                                 expect=self.shapes[g])
+            if got is not None:
+                received[(peer, slot)] = got
+        sources = rows.sources()                                                # (S,) (peer, slot)
+        usable = torch.tensor([peer == k or (peer, slot) in received for peer, slot in sources])
+        W = drop_absent(rows.weight_matrix(self.E), usable.expand(self.E, -1))    # (E, S) renormalised rows
+        for ref in self.groups[expert_group(l, 0)]:
+            thetas = torch.stack([                                              # (S, ...) pre-update experts
+                before[k][ref.key][slot] if peer == k
+                else received[(peer, slot)][tensor_key(ref.key, slot)] if (peer, slot) in received
+                else torch.zeros_like(before[k][ref.key][0])
+                for peer, slot in sources])
+            states[k][ref.key] = aggregate_experts(W, thetas)                   # (E, ...)
