@@ -1,18 +1,28 @@
 """Command line: ``fedmoe-da run`` (one strategy) and ``fedmoe-da compare`` (the main job).
 
+Every field of :class:`ExperimentConfig` is a flag, generated from the dataclass
+(as CleanRL derives its CLI from its Args): ``--num-clients``, ``--fedmoe-backbone``;
+one-letter fields keep their case (``--P``, ``--I``). A flag's help is the field's
+docstring, its text is read by the annotation (``config.parse_value``: ``X | None``
+also takes ``none``, tuples are comma-separated; bools are ``--x/--no-x``), its
+choices and range come from the field's rule. ``--config FILE`` reads fields from JSON or TOML.
+
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
 
-from .config import BACKENDS, DATASETS, MODELS, PARTITIONS, STRATEGIES, ConfigError, ExperimentConfig, describe_fields
+from .config import Bool, Choice, ConfigError, ExperimentConfig, describe_fields, parse_value, read_config_file
 
-# flag -> config field, for flags whose name differs from the field
-FLAGS = ["dataset", "partition", "alpha", "model", "num_experts", "top_k", "backend", "participation",
-         "local_epochs", "batch_size", "lr", "rounds", "seed", "P", "tau", "I", "device", "max_samples"]
+ALIASES = {"num_clients": ["--clients"]}   # older spellings kept working
+COMPARE_STRATEGIES = ("fedmoe_da", "fedavg", "local")
+PRECEDENCE = ("Precedence: the defaults, then --config FILE, then --smoke shrinks the sizes (never P, I, tau, lr, "
+              "...), then the flags given on the command line win. --out defaults to runs/<command>.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,68 +32,128 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    docs = describe_fields()
-    defaults = ExperimentConfig()
-    common = _Parser(add_help=False)
-    common.add_argument("--clients", dest="num_clients", type=int, help=docs["num_clients"] + f" (default {defaults.num_clients})")
-    choices = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "backend": BACKENDS}
-    types = {f: type(getattr(defaults, f)) if getattr(defaults, f) is not None else int for f in FLAGS}
-    for f in FLAGS:
-        flag = "--" + (f if len(f) == 1 else f.replace("_", "-"))
-        common.add_argument(flag, dest=f, type=types[f], choices=choices.get(f),
-                            help=f"{docs[f]} (default {getattr(defaults, f)})")
-    common.add_argument("--out", help="output folder (default runs/<command>)")
-    common.add_argument("--smoke", action="store_true", help="make everything tiny (seconds): for tests and CI")
-    common.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+def flag_name(field: str) -> str:
+    """The flag of a config field: --num-clients; one-letter fields keep their case (--P)."""
+    return "--" + (field if len(field) == 1 else field.replace("_", "-"))
 
-    parser = _Parser(prog="fedmoe-da", description="FedMoE-DA: federated MoE with domain-aware aggregation")
+
+def _converter(name: str) -> typing.Callable[[str], typing.Any]:
+    """argparse type of a field: config.parse_value, its ConfigError shown as argparse's one-line error."""
+    def convert(text: str) -> typing.Any:
+        try:
+            return parse_value(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _help(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per ExperimentConfig field (default suppressed: only flags given appear in the namespace)."""
+    docs = describe_fields()
+    for f in dataclasses.fields(ExperimentConfig):
+        if f.name in skip:
+            continue
+        rule = f.metadata["rule"]
+        names = [flag_name(f.name), *ALIASES.get(f.name, [])]
+        help_ = _help(f"{docs[f.name]} (default: {f.default}; allowed: {rule.describe()})")
+        if isinstance(rule, Bool):
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_)
+            continue
+        choices = rule.options if isinstance(rule, Choice) else None
+        metavar = None if choices else f.name.upper()
+        parser.add_argument(*names, dest=f.name, type=_converter(f.name), choices=choices, metavar=metavar,
+                            default=argparse.SUPPRESS, help=help_)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="JSON or TOML file of config fields, or a run folder's config.json to reproduce that run "
+                        "(its out too: give --out to write elsewhere)")
+    common.add_argument("--smoke", action="store_true",
+                        help="shrink the sizes (clients, samples, widths, experts, rounds, epochs): seconds, for tests")
+
+    parser = _Parser(prog="fedmoe-da", description="FedMoE-DA: federated MoE with domain-aware aggregation. "
+                     + PRECEDENCE)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", parents=[common], help="run one strategy and write its run folder")
-    run.add_argument("--strategy", choices=STRATEGIES, help=f"{docs['strategy']} (default {defaults.strategy})")
-    cmp_ = sub.add_parser("compare", parents=[common], help="FedMoE-DA vs FedAvg vs Local on one partition: table + plot")
-    cmp_.add_argument("--strategies", default="fedmoe_da,fedavg,local",
-                      help="comma-separated strategies to compare (default fedmoe_da,fedavg,local)")
-    cmp_.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...) (default 1)")
+    run = sub.add_parser("run", parents=[common], help="run one strategy and write its run folder",
+                         description="Run one strategy and write its run folder. " + PRECEDENCE)
+    add_config_flags(run)
+    cmp_ = sub.add_parser("compare", parents=[common], help="strategies side by side on one partition: table + plot",
+                          description="Run strategies on the same partition and seeds: table + plot. "
+                          + PRECEDENCE + " --strategies replaces --strategy.")
+    add_config_flags(cmp_, skip=("strategy",))
+    cmp_.add_argument("--strategies", default=argparse.SUPPRESS,
+                      help="comma-separated strategy entries, each a strategy name with optional :field=value overrides, "
+                      f"e.g. fedmoe_da:proxy=domain (default: {','.join(COMPARE_STRATEGIES)})")
+    cmp_.add_argument("--seeds", type=int, default=argparse.SUPPRESS,
+                      help="number of seeds: seed, seed+1, ... (default: 1)")
     return parser
 
 
-def _config(args: argparse.Namespace) -> ExperimentConfig:
-    changes = {f: getattr(args, f) for f in FLAGS + ["num_clients", "strategy"] if getattr(args, f, None) is not None}
-    config = ExperimentConfig()
+def _config(args: argparse.Namespace) -> tuple[ExperimentConfig, dict]:
+    """Defaults, then the file, then --smoke, then explicit flags; validated. Also the file's compare extras."""
+    config, extras = ExperimentConfig(), {}
+    if args.config:
+        fields, extras = read_config_file(args.config)
+        config = config.replace(**fields)
     if args.smoke:
         config = config.smoke()
-    config = config.replace(**changes, progress=not args.no_progress)
-    return config.replace(out=args.out or str(Path("runs") / args.command)).validate()
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig) if hasattr(args, f.name)}
+    config = config.replace(**flags)
+    if config.out is None:
+        config = config.replace(out=str(Path("runs") / args.command))
+    return config.validate(), extras
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean bad input, not a bug: shown as one line, exit 2.
+
+    OSError: a missing file or a failed download; ChecksumError: a cached dataset
+    file with a wrong checksum (it can only have been raised if its module is loaded).
+    """
+    real = sys.modules.get(f"{__package__}.data.real")
+    return (ConfigError, OSError) + ((real.ChecksumError,) if real is not None else ())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
-        config = _config(args)
+        config, extras = _config(args)
         if args.command == "compare":
-            strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-            bad = [s for s in strategies if s not in STRATEGIES]
-            if bad or not strategies:
-                raise ConfigError(f"--strategies={args.strategies!r} is invalid: use a comma-separated subset of "
-                                  + ", ".join(STRATEGIES))
-            if args.seeds < 1:
-                raise ConfigError(f"--seeds={args.seeds} is invalid: must be an integer >= 1")
-            return _compare(config, strategies, args.seeds)
+            strategies = (args.strategies.split(",") if hasattr(args, "strategies")
+                          else extras.get("strategies", COMPARE_STRATEGIES))
+            seeds = args.seeds if hasattr(args, "seeds") else extras.get("seeds", 1)
+            return _compare(config, tuple(strategies), seeds)   # compare checks every entry before any run
+        if "strategies" in extras:
+            raise ConfigError(f"config file {args.config!r} is a compare folder's: use fedmoe-da compare --config")
         return _run(config)
-    except (ConfigError, OSError) as exc:   # OSError: a missing file or a failed download
-        print(f"fedmoe-da: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except ValueError as exc:               # e.g. a cached dataset file with a wrong checksum
-        if type(exc).__name__ != "ChecksumError":
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
             raise
-        print(f"fedmoe-da: error: {exc}", file=sys.stderr)
+        print(f"fedmoe-da: error: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 2
+
+
+def _all_discarded(config: ExperimentConfig, summary: dict) -> bool:
+    """True (and one loud line on stderr) when every local update of a run was discarded as non-finite."""
+    updates, discarded = summary.get("local_updates"), summary.get("discarded_updates", 0)
+    if not updates or discarded != updates:
+        return False
+    print(f"fedmoe-da: error: {config.strategy} (seed {config.seed}): all {updates} local updates were discarded "
+          f"as non-finite, so nothing was learned; the learning rate is probably too high (lr={config.lr})",
+          file=sys.stderr)
+    return True
 
 
 def _run(config: ExperimentConfig) -> int:
-    from .results import simulate
+    from . import simulate
 
     result = simulate(config)
     s = result.summary
@@ -91,23 +161,24 @@ def _run(config: ExperimentConfig) -> int:
           f"(worst 10% {s['final_acc_worst10']:.3f}), best {s['best_acc_mean']:.3f} at round {s['best_round']}; "
           f"server {s['server_bytes'] / 1e6:.1f} MB, P2P {s['p2p_bytes'] / 1e6:.1f} MB")
     print(f"run folder: {result.run_dir}")
-    return 0
+    return 1 if _all_discarded(config, s) else 0
 
 
 def _compare(config: ExperimentConfig, strategies: tuple[str, ...], seeds: int) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .results import compare, format_table
+    from . import compare
+    from .results import format_table
     from .viz import plot_comparison
 
     table, results = compare(config, strategies, seeds)
     text = format_table(table)
-    out = Path(config.out)  # type: ignore[arg-type]
-    (out / "comparison.md").write_text(text + "\n")
+    out = Path(config.out)  # type: ignore[arg-type]   compare wrote comparison.csv and comparison.md there
     fig, _, df = plot_comparison(results)
     fig.savefig(out / "comparison.png", dpi=120)
     df.to_csv(out / "comparison_plot.csv", index=False)
     print(text)
     print(f"\nplot: {out / 'comparison.png'}   table: {out / 'comparison.csv'}")
-    return 0
+    failed = [r for r in results if _all_discarded(r.config, r.summary)]
+    return 1 if failed else 0
