@@ -1,4 +1,4 @@
-"""The MoE layer (torch backend) against a per-token loop reference written here.
+"""The MoE layer (sort-based 'torch' and dense-masked 'dense' backends) against a per-token loop reference.
 
 Reference, for token t (float64):
 
@@ -19,10 +19,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmoe_da.moe import MoELayer, load_balance_loss, z_loss
+from fedmoe_da.moe import MoELayer, load_balance_loss, resolve_backend, z_loss
+from fedmoe_da.moe import backend as backend_mod
+from fedmoe_da.moe import layer as layer_mod
+from fedmoe_da.moe.backend import DENSE, DENSE_MAX_WORK, TORCH, dense_work
 from fedmoe_da.moe.reference import TORCH_OPS, routing_index_reference
 
 TOL = dict(rtol=1e-5, atol=1e-6)   # the router's softmax runs in fp32 even for fp64 inputs
+BACKENDS = ["torch", "dense"]      # the CPU backends; triton is tested against torch in test_triton_dispatch.py
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +61,9 @@ def reference(layer: MoELayer, x: torch.Tensor, capacity: int | None = None):
     return torch.stack(ys), all_idx, torch.stack(all_w), dropped
 
 
-def make_layer(d=5, h=7, d_out=3, E=4, k=2, seed=0, **kw) -> MoELayer:
+def make_layer(d=5, h=7, d_out=3, E=4, k=2, seed=0, backend="torch", **kw) -> MoELayer:
     torch.manual_seed(seed)
-    layer = MoELayer(d, h, d_out, num_experts=E, top_k=k, backend="torch", **kw).double()
+    layer = MoELayer(d, h, d_out, num_experts=E, top_k=k, backend=backend, **kw).double()
     with torch.no_grad():
         layer.gate.weight.normal_()   # spread the logits: no near-ties
     return layer
@@ -92,29 +96,33 @@ def check_against_reference(layer: MoELayer, x: torch.Tensor, capacity: int | No
 
 # --------------------------------------------------------------------------- values and gradients
 @pytest.mark.parametrize("k,E", [(1, 4), (2, 4), (4, 6), (4, 4)])
-def test_forward_backward_match_loop_reference(k, E):
-    layer = make_layer(E=E, k=k, seed=k * 10 + E)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_backward_match_loop_reference(k, E, backend):
+    layer = make_layer(E=E, k=k, seed=k * 10 + E, backend=backend)
     torch.manual_seed(5)
     check_against_reference(layer, torch.randn(13, 5, dtype=torch.float64))
 
 
-def test_leading_dimensions_are_flattened_to_tokens():
-    layer = make_layer(k=2, seed=3)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_leading_dimensions_are_flattened_to_tokens(backend):
+    layer = make_layer(k=2, seed=3, backend=backend)
     torch.manual_seed(6)
     check_against_reference(layer, torch.randn(2, 3, 5, dtype=torch.float64))
     assert layer(torch.randn(2, 3, 5, dtype=torch.float64)).shape == (2, 3, 3)
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_single_token(k):
-    layer = make_layer(k=k, seed=4)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_token(k, backend):
+    layer = make_layer(k=k, seed=4, backend=backend)
     torch.manual_seed(7)
     check_against_reference(layer, torch.randn(1, 5, dtype=torch.float64))
 
 
-def test_expert_receiving_no_token():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_expert_receiving_no_token(backend):
     """Expert 3's gate row points away from every (positive) input: it is never chosen, its grads are 0."""
-    layer = make_layer(E=4, k=2, seed=8)
+    layer = make_layer(E=4, k=2, seed=8, backend=backend)
     with torch.no_grad():
         layer.gate.weight[3] = -10.0
     torch.manual_seed(9)
@@ -127,13 +135,98 @@ def test_expert_receiving_no_token():
         assert torch.count_nonzero(g[3]) == 0 and torch.count_nonzero(g[:3]) > 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=25, deadline=None)
 @given(T=st.integers(1, 9), E=st.integers(1, 5), k=st.integers(1, 5), seed=st.integers(0, 10_000))
-def test_random_shapes_against_reference(T, E, k, seed):
+def test_random_shapes_against_reference(backend, T, E, k, seed):
     k = min(k, E)
-    layer = make_layer(d=3, h=4, d_out=2, E=E, k=k, seed=seed)
+    layer = make_layer(d=3, h=4, d_out=2, E=E, k=k, seed=seed, backend=backend)
     x = torch.randn(T, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     check_against_reference(layer, x)
+
+
+# --------------------------------------------------------------------------- dense path = sort path
+def _fwd_bwd(layer: MoELayer, x: torch.Tensor):
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    (y.square().mean() + layer.aux_loss).backward()
+    return y, {"x": x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+
+
+@pytest.mark.parametrize("T,E,k,capacity_factor", [(64, 8, 2, None), (37, 6, 3, None), (50, 10, 1, None),
+                                                   (64, 8, 2, 0.5), (40, 3, 2, 1.0)])
+def test_dense_matches_sort_path_fp32(T, E, k, capacity_factor):
+    """The default workload's shapes (d = h = 64, d_out = 10), fp32: same routing, values and grads close."""
+    torch.manual_seed(T + E + k)
+    sort = MoELayer(64, 64, 10, num_experts=E, top_k=k, backend="torch", capacity_factor=capacity_factor)
+    dense = MoELayer(64, 64, 10, num_experts=E, top_k=k, backend="dense", capacity_factor=capacity_factor)
+    dense.load_state_dict(sort.state_dict())
+    x = torch.randn(T, 64)
+    y_ref, g_ref = _fwd_bwd(sort, x)
+    y, g = _fwd_bwd(dense, x)
+    for field in ("indices", "weights", "tokens_per_expert"):
+        assert torch.equal(getattr(dense.routing, field), getattr(sort.routing, field)), field
+    assert dense.routing.dropped == sort.routing.dropped
+    if capacity_factor == 0.5:
+        assert dense.routing.dropped > 0
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    assert set(g) == {"x", "gate.weight", "w1", "b1", "w2", "b2"}
+    for name in g:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_dense_matches_sort_path_half_precision(dtype):
+    """Same half-precision weights and inputs: identical routing; values and grads within half rounding."""
+    torch.manual_seed(3)
+    sort = MoELayer(64, 64, 10, num_experts=8, top_k=2, backend="torch").to(dtype)
+    dense = MoELayer(64, 64, 10, num_experts=8, top_k=2, backend="dense").to(dtype)
+    dense.load_state_dict(sort.state_dict())
+    x = torch.randn(33, 64).to(dtype)
+    (y_ref, g_ref), (y, g) = _fwd_bwd(sort, x), _fwd_bwd(dense, x)
+    assert torch.equal(dense.routing.indices, sort.routing.indices) and y.dtype == dtype
+    for name, a, b in [("y", y, y_ref)] + [(n, g[n], g_ref[n]) for n in g]:
+        assert a.dtype == b.dtype, name
+        tol = 2e-2 * b.float().abs().max().item()
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_dense_with_no_tokens():
+    layer = make_layer(backend="dense")
+    assert layer(torch.zeros(0, 5, dtype=torch.float64)).shape == (0, 3)
+    assert layer.routing.tokens_per_expert.tolist() == [0, 0, 0, 0]
+
+
+# --------------------------------------------------------------------------- the 'auto' rule
+def test_auto_rule_on_cpu():
+    cpu = torch.device("cpu")
+    default = dense_work(tokens=64, d_model=64, d_hidden=64, d_out=10, num_experts=8)   # the default workload
+    vit = dense_work(tokens=16 * 65, d_model=64, d_hidden=128, d_out=64, num_experts=8)
+    assert default == 8 * 64 * (64 + 10) * 64
+    assert resolve_backend("auto", cpu, default) is DENSE
+    assert resolve_backend("auto", cpu, DENSE_MAX_WORK) is DENSE
+    assert resolve_backend("auto", cpu, DENSE_MAX_WORK + 1) is TORCH
+    assert resolve_backend("auto", cpu, vit) is TORCH
+    assert resolve_backend("auto", cpu, None) is TORCH                  # capacity set, or size unknown
+    assert resolve_backend("torch", cpu, default) is TORCH and resolve_backend("dense", cpu, vit) is DENSE
+    with pytest.raises(ValueError, match="backend='nope' is invalid"):
+        resolve_backend("nope", cpu)
+
+
+@pytest.mark.parametrize("T,capacity_factor,expected", [(16, None, "dense"), (64, None, "dense"),
+                                                        (64, 1.0, "torch"), (4096, None, "torch")])
+def test_auto_layer_picks_dense_only_small_and_dropless(monkeypatch, T, capacity_factor, expected):
+    picked = []
+
+    def spy(*args):
+        backend = backend_mod.resolve_backend(*args)
+        picked.append(backend.name)
+        return backend
+
+    monkeypatch.setattr(layer_mod, "resolve_backend", spy)
+    layer = MoELayer(64, 64, 10, num_experts=8, top_k=2, capacity_factor=capacity_factor)   # backend='auto'
+    layer(torch.randn(T, 64))
+    assert picked == [expected]
 
 
 # --------------------------------------------------------------------------- ties
@@ -147,9 +240,10 @@ def test_all_equal_logits_route_to_lowest_indices(k):
     torch.testing.assert_close(layer.routing.weights, torch.full((6, k), 1.0 / k))
 
 
-def test_partial_ties_break_to_lower_index():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_partial_ties_break_to_lower_index(backend):
     """Experts 1 and 3 tie for best, 0, 2, 4 tie below them: order is 1, 3, 0, 2, 4."""
-    layer = make_layer(E=5, k=4, seed=2)
+    layer = make_layer(E=5, k=4, seed=2, backend=backend)
     v = torch.ones(5, dtype=torch.float64)
     with torch.no_grad():
         layer.gate.weight.copy_(torch.stack([0.5 * v, v, 0.5 * v, v, 0.5 * v]))
@@ -161,8 +255,9 @@ def test_partial_ties_break_to_lower_index():
 
 # --------------------------------------------------------------------------- capacity
 @pytest.mark.parametrize("factor", [0.25, 0.5, 1.0])
-def test_capacity_drops_latest_tokens_of_full_experts(factor):
-    layer = make_layer(E=4, k=2, seed=11, capacity_factor=factor)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_capacity_drops_latest_tokens_of_full_experts(factor, backend):
+    layer = make_layer(E=4, k=2, seed=11, capacity_factor=factor, backend=backend)
     with torch.no_grad():
         layer.gate.weight[0] += 2.0           # make expert 0 popular so that it overflows
     torch.manual_seed(12)
@@ -268,6 +363,8 @@ def test_invalid_layer_arguments():
         MoELayer(4, 4, num_experts=4, top_k=5)
     with pytest.raises(ValueError, match="activation='tanh'"):
         MoELayer(4, 4, num_experts=4, top_k=1, activation="tanh")
+    with pytest.raises(ValueError, match="backend='sparse' is invalid: must be one of auto, torch, dense, triton"):
+        MoELayer(4, 4, num_experts=4, top_k=1, backend="sparse")
 
 
 # --------------------------------------------------------------------------- routing index

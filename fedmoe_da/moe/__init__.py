@@ -2,7 +2,8 @@
 
     router.py           top-k softmax reference, aux losses
     reference.py        sort-based dispatch in torch: the readable reference of every backend
-    triton_dispatch.py  the same ops as Triton kernels (imports only the references)
+    dense.py            dense-masked dispatch: every expert on every token, one batched matmul (small problems)
+    triton_dispatch.py  the sort-based ops as Triton kernels (imports only the references)
     backend.py          the backend registry and the 'auto' rule (imports the implementations)
     layer.py            the MoE layer (imports backend and router)
 """

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backend import BACKENDS, resolve_backend
+from .backend import BACKENDS, dense_work, resolve_backend
 from .router import load_balance_loss, z_loss
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
@@ -86,12 +86,15 @@ class MoELayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead, d = x.shape[:-1], x.shape[-1]
         x = x.reshape(-1, d)                                             # (T, d)
-        backend = resolve_backend(self.backend, x.device)
+        (T, d), (E, _, h), d_out = x.shape, self.w1.shape, self.w2.shape[2]
+        capacity = self.capacity(T)
+        work = dense_work(T, d, h, d_out, E) if capacity is None else None   # 'auto' picks dense only dropless
+        backend = resolve_backend(self.backend, x.device, work)
         logits = self.gate(x)                                            # (T, E)
         weights, indices = backend.topk_softmax(logits, self.top_k)      # (T, k), (T, k)
-        capacity = self.capacity(x.shape[0])
         y, counts = backend.dispatch(x, weights, indices, self.w1, self.b1, self.w2, self.b2,
                                      self.activation, capacity)          # (T, d_out), (E,)
+        # a host sync: only paid when a capacity is set
         dropped = 0 if capacity is None else int((counts - capacity).clamp(min=0).sum())
         probs = torch.softmax(logits.float(), dim=-1)                    # (T, E) for P_e
         self.aux_losses = {
