@@ -8,9 +8,11 @@ import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from .fl.p2p import p2p_graph
-from .results import SERVER_CHANNELS
+from .fl.summary import SERVER_CHANNELS
+from .models.names import routed_columns
 
 
 def accuracy_per_round(histories: list[pd.DataFrame]) -> pd.DataFrame:
@@ -20,46 +22,66 @@ def accuracy_per_round(histories: list[pd.DataFrame]) -> pd.DataFrame:
     return per_seed.groupby(["strategy", "round"])[["mean", "std"]].mean().reset_index()
 
 
-def cumulative_server_bytes(ledgers: dict[tuple[str, int], pd.DataFrame], rounds: int) -> pd.DataFrame:
-    """Cumulative server bytes per (strategy, round), averaged over seeds. ledgers: (strategy, seed) -> ledger."""
+def cumulative_bytes(ledgers: dict[tuple[str, int], pd.DataFrame], rounds: int) -> pd.DataFrame:
+    """Cumulative server, P2P and total MB per (strategy, round), averaged over seeds. ledgers: (strategy, seed) -> ledger."""
     rows = []
     for (strategy, seed), ledger in ledgers.items():
-        server = ledger[ledger["channel"].isin(SERVER_CHANNELS)] if len(ledger) else ledger
-        per_round = server.groupby("round")["bytes"].sum() if len(server) else pd.Series(dtype=float)
-        cum = per_round.reindex(range(1, rounds + 1), fill_value=0).cumsum()
-        rows += [{"strategy": strategy, "seed": seed, "round": r, "server_MB": b / 1e6} for r, b in cum.items()]
-    df = pd.DataFrame(rows)
-    return df.groupby(["strategy", "round"])["server_MB"].mean().reset_index()
+        for name, part in (("server_MB", ledger[ledger["channel"].isin(SERVER_CHANNELS)] if len(ledger) else ledger),
+                           ("p2p_MB", ledger[ledger["channel"] == "p2p"] if len(ledger) else ledger)):
+            per_round = part.groupby("round")["bytes"].sum() if len(part) else pd.Series(dtype=float)
+            cum = per_round.reindex(range(1, rounds + 1), fill_value=0).cumsum()
+            rows += [{"strategy": strategy, "seed": seed, "round": r, "kind": name, "MB": b / 1e6} for r, b in cum.items()]
+    df = pd.DataFrame(rows).pivot_table(index=["strategy", "seed", "round"], columns="kind", values="MB").reset_index()
+    df["total_MB"] = df["server_MB"] + df["p2p_MB"]
+    return df.groupby(["strategy", "round"], sort=False)[["server_MB", "p2p_MB", "total_MB"]].mean().reset_index()
 
 
 def plot_comparison(results) -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
-    """Left: personalised accuracy per round (mean ± std over clients). Right: cumulative server MB."""
-    acc = accuracy_per_round([r.history for r in results])
+    """Left: personalised accuracy per round (mean ± std over clients). Right: cumulative MB per channel.
+
+    The right panel draws server traffic (solid), P2P traffic (dotted) and their
+    total (dashed) per strategy, so a cut in server traffic that P2P pays back is visible.
+    """
+    label = lambda r: r.config.label or r.config.strategy  # noqa: E731
+    acc = accuracy_per_round([r.history.assign(strategy=label(r)) for r in results])
     rounds = int(acc["round"].max())
-    comm = cumulative_server_bytes({(r.config.strategy, r.config.seed): r.ledger for r in results}, rounds)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    comm = cumulative_bytes({(label(r), r.config.seed): r.ledger for r in results}, rounds)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for strategy, part in acc.groupby("strategy", sort=False):
         line, = axes[0].plot(part["round"], part["mean"], label=strategy)
         axes[0].fill_between(part["round"], part["mean"] - part["std"], part["mean"] + part["std"],
                              color=line.get_color(), alpha=0.15)
         c = comm[comm["strategy"] == strategy]
-        axes[1].plot(c["round"], c["server_MB"], label=strategy, color=line.get_color())
+        axes[1].plot(c["round"], c["server_MB"], color=line.get_color(), label=f"{strategy}: server")
+        if c["p2p_MB"].max() > 0:
+            axes[1].plot(c["round"], c["p2p_MB"], color=line.get_color(), ls=":", label=f"{strategy}: P2P")
+            axes[1].plot(c["round"], c["total_MB"], color=line.get_color(), ls="--", label=f"{strategy}: total")
     axes[0].set(xlabel="round", ylabel="personalised accuracy", title="accuracy (mean ± std over clients)")
-    axes[1].set(xlabel="round", ylabel="cumulative server MB", title="server traffic")
+    axes[1].set(xlabel="round", ylabel="cumulative MB", title="traffic: server (solid), P2P (dotted), total (dashed)")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
     fig.tight_layout()
     df = acc.merge(comm, on=["strategy", "round"], how="outer")
     return fig, axes, df
 
 
-def plot_partition(counts: pd.DataFrame, title: str = "samples per client") -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
-    """Stacked bars of a client x (label or domain) count table (from ``data.client_counts``)."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(counts)), 3.5))
-    counts.plot.bar(stacked=True, ax=ax, width=0.85, colormap="tab10")
-    ax.set(xlabel="client", ylabel="samples", title=title)
-    ax.legend(title=counts.columns.name, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
+def plot_partition(counts: pd.DataFrame, title: str = "samples per client",
+                   kind: str = "bar") -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """A client x (label or domain) count table (from ``data.client_counts``): stacked bars or a heatmap."""
+    if kind not in ("bar", "heatmap"):
+        raise ValueError(f"kind={kind!r} is invalid: must be 'bar' or 'heatmap'")
+    if kind == "heatmap":
+        fig, ax = plt.subplots(figsize=(max(4, 0.45 * counts.shape[1] + 2), max(3, 0.22 * len(counts) + 1)))
+        sns.heatmap(counts, ax=ax, cmap="Blues", annot=len(counts) * counts.shape[1] <= 240, fmt="d",
+                    cbar_kws={"label": "samples"})
+        ax.set(title=title)
+    else:
+        fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(counts)), 3.5))
+        counts.plot.bar(stacked=True, ax=ax, width=0.85, colormap="tab10")
+        ax.set(xlabel="client", ylabel="samples", title=title)
+        ax.legend(title=counts.columns.name, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig, ax, counts
 
@@ -69,8 +91,8 @@ def plot_matrix(A, labels: list[str] | None = None, title: str = "aggregation ma
     A = np.asarray(A, dtype=float)
     df = pd.DataFrame(A, index=labels, columns=labels)
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    im = ax.imshow(A, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    sns.heatmap(df, ax=ax, cmap="viridis", square=True, cbar_kws={"fraction": 0.046}, xticklabels=False,
+                yticklabels=False)
     ax.set(title=title, xlabel="pool pair j", ylabel="pool pair i")
     fig.tight_layout()
     return fig, ax, df
@@ -95,17 +117,41 @@ def plot_p2p_graph(ledger: pd.DataFrame, round: int) -> tuple[plt.Figure, plt.Ax
 def plot_routing(history: pd.DataFrame, round: int | None = None, layer: int = 0) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
     """Share of each client's test tokens routed to each expert of ``layer`` (heatmap, clients x experts)."""
     round = int(history["round"].max()) if round is None else round
-    cols = [c for c in history.columns if c.startswith(f"routed_l{layer}_e")]
-    part = history[history["round"] == round].set_index("client")[cols]
+    cols = routed_columns(history.columns, layer)                                # column -> expert slot
+    part = history[history["round"] == round].set_index("client")[list(cols)]
     df = part.div(part.sum(axis=1).replace(0, 1), axis=0)
-    df.columns = [c.split("_e")[-1] for c in cols]
+    df.columns = list(cols.values())
     fig, ax = plt.subplots(figsize=(5, max(3, 0.25 * len(df))))
-    im = ax.imshow(df.to_numpy(), aspect="auto", cmap="magma")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    sns.heatmap(df, ax=ax, cmap="magma", vmin=0, cbar_kws={"fraction": 0.046})
     ax.set(xlabel="expert", ylabel="client", title=f"routed token share, layer {layer}, round {round}")
     fig.tight_layout()
     return fig, ax, df
 
 
+def plot_domain_samples(x, y, domain, names, per_domain: int = 10) -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
+    """One row per domain, ``per_domain`` samples in it, cycling through the classes (column j shows
+    class ``j % n_classes``, the first unused sample of it). x: (n, C, H, W) in [0, 1], C = 1 or 3."""
+    x, y, domain = (np.asarray(a) for a in (x, y, domain))
+    classes = np.unique(y)
+    fig, axes = plt.subplots(len(names), per_domain, figsize=(0.9 * per_domain, 1.0 * len(names)), squeeze=False)
+    rows = []
+    for k, name in enumerate(names):
+        for j in range(per_domain):
+            c = classes[j % len(classes)]
+            idx = np.flatnonzero((domain == k) & (y == c))
+            ax = axes[k, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if j // len(classes) < len(idx):
+                i = int(idx[j // len(classes)])
+                img = x[i].transpose(1, 2, 0)                    # (H, W, C)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+                ax.set_title(str(c), fontsize=8)
+                rows.append({"domain": name, "label": int(c), "index": i, "row": k, "col": j})
+        axes[k, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig, axes, pd.DataFrame(rows, columns=["domain", "label", "index", "row", "col"])
+
+
 __all__ = ["plot_comparison", "plot_partition", "plot_matrix", "plot_p2p_graph", "plot_routing",
-           "accuracy_per_round", "cumulative_server_bytes"]
+           "accuracy_per_round", "cumulative_bytes",
+           "plot_domain_samples"]

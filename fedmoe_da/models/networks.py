@@ -24,15 +24,20 @@ class CNNMoE(MoEModel):
     """Two conv layers (the second strided) -> d_model features -> an MoE head whose experts output logits.
 
     One token per image: the router picks the experts that classify it. A
-    strided conv rather than max-pooling keeps the detail of 8x8 digits.
+    strided conv rather than max-pooling keeps the detail of 8x8 digits; images
+    of side >= ``LARGE_SIDE`` (28x28 digits) get a strided first conv too, which
+    cuts the work per image by 4 where the extra resolution adds little.
     """
+
+    LARGE_SIDE = 16
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, moe: dict) -> None:
         super().__init__()
-        C = input_shape[0]
+        C, H = input_shape[0], input_shape[1]
+        s = 2 if H >= self.LARGE_SIDE else 1
         self.features = nn.Sequential(
-            nn.Conv2d(C, 32, 3, padding=1), nn.ReLU(),                   # (B, 32, H, W)
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),        # (B, 64, H/2, W/2)
+            nn.Conv2d(C, 32, 3, stride=s, padding=1), nn.ReLU(),         # (B, 32, H/s, W/s)
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),        # (B, 64, H/2s, W/2s)
             nn.AdaptiveAvgPool2d(4), nn.Flatten(),                       # (B, 64*16)
             nn.Linear(64 * 16, moe["d_model"]), nn.ReLU(),               # (B, d_model)
         )
