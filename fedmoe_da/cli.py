@@ -90,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                           + PRECEDENCE + " --strategies replaces --strategy.")
     add_config_flags(cmp_, skip=("strategy",))
     cmp_.add_argument("--strategies", default=argparse.SUPPRESS,
-                      help="comma-separated strategy entries, each a strategy name with optional :field=value overrides, "
-                      f"e.g. fedmoe_da:proxy=domain (default: {','.join(COMPARE_STRATEGIES)})")
+                      help="comma-separated strategy entries, each a strategy name with optional "
+                      f":field=value overrides, e.g. fedmoe_da:proxy=domain (default: {','.join(COMPARE_STRATEGIES)})")
     cmp_.add_argument("--seeds", type=int, default=argparse.SUPPRESS,
                       help="number of seeds: seed, seed+1, ... (default: 1)")
     return parser
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             strategies = (args.strategies.split(",") if hasattr(args, "strategies")
                           else extras.get("strategies", COMPARE_STRATEGIES))
             seeds = args.seeds if hasattr(args, "seeds") else extras.get("seeds", 1)
-            return _compare(config, tuple(strategies), seeds)   # compare checks every entry before any run
+            return _compare(config, tuple(strategies), seeds)
         if "strategies" in extras:
             raise ConfigError(f"config file {args.config!r} is a compare folder's: use fedmoe-da compare --config")
         return _run(config)
@@ -172,13 +172,12 @@ def _compare(config: ExperimentConfig, strategies: tuple[str, ...], seeds: int) 
     from .results import format_table
     from .viz import plot_comparison
 
-    table, results = compare(config, strategies, seeds)
-    text = format_table(table)
+    table, results = compare(config, strategies, seeds)   # checks every entry before any run
     out = Path(config.out)  # type: ignore[arg-type]   compare wrote comparison.csv and comparison.md there
     fig, _, df = plot_comparison(results)
     fig.savefig(out / "comparison.png", dpi=120)
     df.to_csv(out / "comparison_plot.csv", index=False)
-    print(text)
+    print(format_table(table))
     print(f"\nplot: {out / 'comparison.png'}   table: {out / 'comparison.csv'}")
     failed = [r for r in results if _all_discarded(r.config, r.summary)]
     return 1 if failed else 0

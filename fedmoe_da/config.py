@@ -160,7 +160,7 @@ class ExperimentConfig:
     fedmoe_backbone: str = rule("server", Choice(CHANNELS))
     """FedMoE-DA: backbone channel, server (FedAvg) or local (never leaves the client)."""
     proxy: str = rule("gate", Choice(PROXIES))
-    """FedMoE-DA: expert proxy: gate row (paper), gate_delta (minus init), gate_centred (over the pool), domain (oracle)."""
+    """FedMoE-DA: expert proxy: gate row (paper), gate_delta (minus init), gate_centred (over pool), domain (oracle)."""
     gate_init: str = rule("shared", Choice(GATE_INITS))
     """FedMoE-DA: all clients start from one gate initialisation (shared) or each from its own (per_client)."""
     sync: str = rule("every_round", Choice(SYNCS))
