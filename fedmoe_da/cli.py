@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             strategies = (args.strategies.split(",") if hasattr(args, "strategies")
                           else extras.get("strategies", COMPARE_STRATEGIES))
             seeds = args.seeds if hasattr(args, "seeds") else extras.get("seeds", 1)
+            strategies = strategies.split(",") if isinstance(strategies, str) else strategies
             return _compare(config, tuple(strategies), seeds)
         if "strategies" in extras:
             raise ConfigError(f"config file {args.config!r} is a compare folder's: use fedmoe-da compare --config")
