@@ -22,10 +22,11 @@ from hypothesis.extra.numpy import arrays
 
 from fedmoe_da import models
 from fedmoe_da.config import ExperimentConfig
-from fedmoe_da.fl import InProcessTransport, aggregate_experts, aggregation_matrix, drop_absent, fedavg
+from fedmoe_da.fl import InProcessTransport, aggregate_experts, aggregation_matrix, correlation, drop_absent, fedavg
 from fedmoe_da.fl.strategies import FedAvg, FedMoEDA, Local
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.transport import SERVER
+from fedmoe_da.models.names import parse_group
 
 EPS_TIE = 1e-9   # numerical noise only: the reference's ties are exact ties
 
@@ -80,12 +81,26 @@ def test_matrix_matches_reference_on_random_proxies(P, tau):
                       elements=st.floats(-10, 10, width=32)),
        P=st.integers(0, 12), tau=st.floats(0.01, 10.0))
 def test_matrix_is_row_stochastic_and_nonnegative(proxies, P, tau):
+    """Rows sum to 1, and each row keeps (at least) its P + 1 most correlated pairs.
+
+    The support is checked entry by entry against what float32 can hold: a selected j has
+    a_ij >= exp((R_ij - 1) / tau) / M (R_ii = 1 is the row's largest term and |S_i| <= M), and with a
+    tiny tau that bound, hence a_ij, can be below float32's smallest subnormal (2^-149) and round to
+    exactly 0: the support then *looks* smaller than P + 1 without anything being wrong.
+    """
     A = aggregation_matrix(torch.from_numpy(proxies), P, tau)
     M = proxies.shape[0]
     assert A.shape == (M, M) and torch.all(A >= 0)
     torch.testing.assert_close(A.sum(1), torch.ones(M), rtol=0, atol=1e-5)
     assert torch.all(A.diagonal() >= A.max(1).values - 1e-6), "R_ii = 1 is the largest: a_ii is too"
-    assert torch.all((A > 0).sum(1) >= min(P + 1, M)) or tau < 0.05   # tiny tau may underflow to 0
+    R = correlation(torch.from_numpy(proxies))                          # Eq. 8 (checked against loops above)
+    top = R.topk(min(P + 1, M), dim=1).indices                          # (M, P + 1): selected when P > 0
+    for i in range(M):                                                  # (ties kept; P = 0 is the identity)
+        for j in {i} | (set(top[i].tolist()) if P > 0 else set()):
+            if math.exp((float(R[i, j]) - 1.0) / tau) / M > 2.0 ** -148:  # representable in float32
+                assert A[i, j] > 0, (i, j, float(R[i, j]))
+    if tau >= 0.05:                                                     # exp(-2 / tau) / M never underflows
+        assert torch.all((A > 0).sum(1) >= min(P + 1, M))
 
 
 def test_p_zero_is_identity():
@@ -199,12 +214,12 @@ def keys(groups, kind):
     return sorted({r.key for g, refs in groups.items() if g.startswith(kind) for r in refs})
 
 
-def expected_experts(before, groups, pool, A_rows_of, present):
-    """Eq. 11 by a loop over the pool, absent peers dropped and the row renormalised."""
+def expected_experts(before, groups, pool, A_rows_of, present, layer=0):
+    """Eq. 11 by a loop over the pool of one MoE layer, absent peers dropped and the row renormalised."""
     out = {}
     for k in present:
         out[k] = {}
-        for key in keys(groups, "expert[0]"):
+        for key in keys(groups, f"expert[{layer}]"):
             rows = []
             for e in range(E):
                 w = A_rows_of(pool.index(k) * E + e)                     # (M,) over the pool
@@ -229,9 +244,10 @@ def ledger_rows(transport, rnd=None, channel=None):
     return df
 
 
-def check_p2p_plan(transport, rnd, pool, A, present):
-    """Each participant fetches exactly the distinct remote (peer, slot) with a_ij > 0, once each."""
+def check_p2p_plan(transport, rnd, pool, A, present, layer=0):
+    """Each participant fetches exactly the distinct remote (peer, slot) of one layer with a_ij > 0, once each."""
     p2p = ledger_rows(transport, rnd, "p2p")
+    p2p = p2p[p2p["group"].str.startswith(f"expert[{layer}]")]
     for k in present:
         got = [(int(s), g) for s, g in zip(p2p[p2p["dst"] == k]["src"], p2p[p2p["dst"] == k]["group"])]
         assert len(got) == len(set(got)), "a (peer, slot) fetched twice"
@@ -240,7 +256,7 @@ def check_p2p_plan(transport, rnd, pool, A, present):
             for j in np.flatnonzero(A[pool.index(k) * E + e] > 0):
                 peer, slot = pool[j // E], j % E
                 if peer != k and peer in present:
-                    want.add((peer, f"expert[0][{slot}]"))
+                    want.add((peer, f"expert[{layer}][{slot}]"))
         assert set(got) == want
         assert all(s != k for s, _ in got), "intra-client experts are never fetched"
 
@@ -271,6 +287,65 @@ def test_fedmoe_da_refresh_round_all_present():
     check_p2p_plan(t, 1, pool, A, pool)
     expert_bytes = sum(template[r.key][0].numel() * 4 for r in groups["expert[0][0]"])
     assert set(ledger_rows(t, 1, "p2p")["bytes"]) == {expert_bytes}
+
+
+def test_fedmoe_da_two_moe_layers_each_with_its_own_A():
+    """ViT with two MoE layers: layer l's A is Eq. 8-10 of layer l's gates, and layer l's experts follow
+    Eq. 11 with that A; the head and backbone are averaged at the server."""
+    cfg, template, groups = tiny_setup(model="vit", moe_layers=2)
+    assert {"gate[0]", "gate[1]", "head"} <= set(groups)
+    states = random_states(template, seed=11)
+    before = copy_states(states)
+    strategy, t = FedMoEDA(cfg, groups, template, NUM_TRAIN), InProcessTransport()
+    strategy.communicate(1, [0, 1, 2], states, t)
+    pool, refs = [0, 1, 2], []
+    for layer in (0, 1):
+        gate = groups[f"gate[{layer}]"][0].key
+        A = ref_matrix(torch.cat([before[k][gate] for k in pool]), cfg.P, cfg.tau)
+        refs.append(A)
+        close(strategy.A[layer], A)
+        want = expected_experts(before, groups, pool, lambda i: A[i], present=pool, layer=layer)
+        assert want[0], "the layer has experts"
+        for k in pool:
+            for key, value in want[k].items():
+                torch.testing.assert_close(states[k][key].double(), value, rtol=1e-5, atol=1e-5)
+            assert torch.equal(states[k][gate], before[k][gate]), "gates stay local"
+        check_p2p_plan(t, 1, pool, A, pool, layer=layer)
+    assert not np.allclose(refs[0], refs[1]), "the setup must tell the layers' A apart"
+    for key in keys(groups, "backbone") + keys(groups, "head"):
+        avg = sum(n * before[j][key] for n, j in zip(NUM_TRAIN, pool)) / sum(NUM_TRAIN)
+        for k in pool:
+            torch.testing.assert_close(states[k][key], avg, rtol=1e-5, atol=1e-6)
+    down = ledger_rows(t, 1, "server-down")
+    assert sorted(down[down["group"].str.startswith("A[")]["group"]) == ["A[0]"] * 3 + ["A[1]"] * 3
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp", "vit"])
+def test_param_groups_hold_every_element_exactly_once(model):
+    """Count, element by element (a slot of a stacked expert tensor is one element row), how many
+    groups hold it: exactly one for every parameter."""
+    cfg = ExperimentConfig(num_experts=3, top_k=2, d_model=8, expert_hidden=6, moe_layers=2, backend="torch",
+                           model=model)
+    net = models.build(cfg, (1, 8, 8), 10)
+    groups = models.param_groups(net)
+    layers = 2 if model == "vit" else 1
+    want = {"backbone"} | {f"gate[{l}]" for l in range(layers)} | \
+           {f"expert[{l}][{e}]" for l in range(layers) for e in range(3)} | ({"head"} if model == "vit" else set())
+    assert set(groups) == want
+    count = {n: torch.zeros(p.shape, dtype=torch.int64) for n, p in net.named_parameters()}
+    for g, group_refs in groups.items():
+        name = parse_group(g)
+        for r in group_refs:
+            assert r.slot == name.slot, (g, r)              # expert[l][e] holds slot e of its tensors only
+            if r.slot is None:
+                count[r.key] += 1
+            else:
+                count[r.key][r.slot] += 1
+    for n, c in count.items():
+        assert torch.all(c == 1), f"{n}: held {sorted(set(c.flatten().tolist()))} times"
+    for l in range(layers):
+        (gate,) = groups[f"gate[{l}]"]
+        assert dict(net.named_parameters())[gate.key].shape == (3, 8), "gate: (E, d)"
 
 
 def test_fedmoe_da_reuses_A_and_drops_absent_peer():
