@@ -12,7 +12,11 @@ an expert that already took C is dropped (contributes 0).
 """
 from __future__ import annotations
 
+import csv
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -387,3 +391,16 @@ def test_routing_index_is_the_stable_order(T, k, E, seed):
     back = TORCH_OPS.combine(TORCH_OPS.permute(x, ri), w, ri)
     torch.testing.assert_close(back, x)
     assert torch.equal(TORCH_OPS.permute(x, ri), torch.stack([x[a // k] for a in order]))
+
+
+# --------------------------------------------------------------------------- the CPU benchmark, smoke run
+def test_cpu_benchmark_tiny_runs(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "moe_cpu.csv"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "moe_cpu.py"), "--tiny", "--out", str(out)],
+                   check=True, cwd=root, timeout=120, capture_output=True)
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["backend"] for r in rows} == {"torch", "dense"}
+    assert all(float(r["median_us"]) > 0 and r["auto_picks"] == "dense" for r in rows)
+    assert out.with_suffix(".json").exists()
