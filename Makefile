@@ -1,19 +1,24 @@
 # The two commands of the README:
-#   make compare   sets up .venv if missing, then runs the main job on the embedded digits
+#   make compare   sets up .venv if missing, then runs the main job on the embedded digit domains
 #   make test      sets up .venv if missing, then runs the whole test suite
 # PYTHON picks the interpreter that creates the venv (3.10+).
+# TORCH is what pip installs first: a pinned version (default), or a path to a wheel file.
+# TORCH_INDEX (optional) is a package index to take torch from: on a Linux machine without a GPU, point it
+# at PyTorch's CPU-only wheel index (its URL is on PyTorch's install page) to get the ~200 MB CPU build
+# instead of the CUDA build and its ~20 extra wheels that the default index serves.
 
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-TORCH  ?= torch==2.13.0
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: env compare run test smoke-notebooks bench clean
+.PHONY: env compare run test results bench study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: an unpinned torch pulls several GB of CUDA wheels
-	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install -e ".[dev,notebooks,triton]"
 	touch $@
 
@@ -28,8 +33,16 @@ run: env
 test: env
 	$(PY) -m pytest
 
+# the README's results block: rerun the default comparison into results/compare and copy its table
+results: env
+	$(PY) -m fedmoe_da compare --out results/compare --no-progress
+	$(PY) -c "from fedmoe_da.results import update_readme; update_readme('README.md', 'results/compare/comparison.md')"
+
 bench: env
 	$(PY) benchmarks/sim_throughput.py
+
+study: env
+	$(PY) benchmarks/method_study.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,13 +15,15 @@ The README's results block is a copy of a committed ``comparison.md`` that
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .config import ConfigError, ExperimentConfig, parse_value
-from .fl.run_folder import load_run, versions
+from .fl.checkpoint import resumable
+from .fl.run_folder import versions
 from .fl.simulation import simulate
 from .fl.summary import SimulationResult
 
@@ -42,12 +44,9 @@ def parse_entry(entry: str, config: ExperimentConfig) -> ExperimentConfig:
 
 
 def run_or_load(config: ExperimentConfig) -> SimulationResult:
-    """``simulate(config)``, unless ``config.out`` already holds a finished run of exactly this config."""
-    if config.out and (Path(config.out) / "summary.json").exists():
-        done = load_run(config.out)
-        if done.config.to_dict() == config.to_dict():
-            return done
-    return simulate(config)
+    """``simulate(config)``, unless ``config.out`` already holds a run of this config: a finished one is read
+    back, an unfinished one continues from its checkpoint (``fl/checkpoint.py``; ``progress`` may differ)."""
+    return simulate(config, resume=resumable(config))
 
 
 def compare(config: ExperimentConfig, strategies=("fedmoe_da", "fedavg", "local"),
@@ -116,12 +115,13 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def readme_block(readme: str, source: str) -> str | None:
-    """The text between the README's results markers for ``source`` (None if absent)."""
-    begin = README_BEGIN.format(source=source)
-    if begin not in readme:
-        return None
-    return readme.split(begin, 1)[1].split(README_END, 1)[0].strip("\n")
+def readme_blocks(readme: str) -> dict[str, str]:
+    """Every results block of the README: source file -> the text between its markers."""
+    pattern = re.escape(README_BEGIN).replace(re.escape("{source}"), r"(?P<source>\S+)")
+    blocks = {}
+    for m in re.finditer(pattern + r"\n?(?P<body>.*?)" + re.escape(README_END), readme, re.S):
+        blocks[m["source"]] = m["body"].strip("\n")
+    return blocks
 
 
 def update_readme(readme_path: str | Path, source: str | Path) -> None:

@@ -50,3 +50,15 @@ def test_readme_example_runs():
     result = namespace["result"]
     assert 0.0 <= result.summary["final_acc_mean"] <= 1.0
     assert result.summary["server_bytes"] > 0 and result.summary["p2p_bytes"] > 0
+
+
+def test_readme_results_blocks_are_the_committed_files():
+    """Every results block of the README is a verbatim copy of the committed file a command wrote."""
+    from fedmoe_da.results import readme_blocks
+
+    blocks = readme_blocks((ROOT / "README.md").read_text())
+    assert blocks, "the README has no results block"
+    for source, body in blocks.items():
+        path = ROOT / source
+        assert path.exists(), f"{source} (named by a README results block) is not committed"
+        assert body == path.read_text().strip("\n"), f"README block of {source} differs: run `make results`"

@@ -1,0 +1,189 @@
+"""Where does FedMoE-DA win? A one-factor-at-a-time screen on validation data, then 3 seeds on test data.
+
+    python benchmarks/method_study.py [--jobs 2] [--out benchmarks/results/method_study] [--smoke]
+
+Stage 1 (screen, seed 0, ``eval_split="validation"``: each client holds out 20%
+of its own training data; the test set is never touched): FedMoE-DA around a
+base point, one factor at a time (proxy, gate init, P, tau, I, Eq. 11 schedule,
+lb_coef, the zero-correlation guard, backbone channel), on two partitions:
+``domain`` (each client one home domain, all labels) and ``domain_dirichlet``
+(home domain x Dirichlet(0.5) labels).
+
+Stage 2 (test, seeds 0-2): the two best FedMoE-DA candidates from stage 1 (the
+best screened variant, and the base with the best level of every factor),
+FedMoE-DA with the paper's gate proxy, and every baseline (FedAvg, FedProx,
+FedPer, FedRep, Ditto, Local), on both partitions, reported once.
+
+Writes ``screen.csv`` and ``test.csv`` (one row per run: its settings, final and
+best personalised accuracy, std over clients, worst 10%, server / P2P / total
+bytes, the purity of A), ``study.json`` (base config, factors, candidates,
+package versions, wall time) and ``summary.md`` (the tables the README shows), appended run by run so an interrupted study
+resumes where it stopped. Runs use one torch thread each, ``--jobs`` at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from fedmoe_da import ExperimentConfig, simulate
+from fedmoe_da.fl.run_folder import versions
+
+BASE = dict(dataset="digit_domains", num_clients=20, max_samples=3200, test_fraction=0.4, domain_purity=0.9,
+            rounds=30, local_epochs=3, batch_size=16, lr=3e-3, lb_coef=0.0, strategy="fedmoe_da",
+            proxy="gate_signature", gate_init="shared", P=3, tau=0.1, I=1, sync="every_round", progress=False)
+PARTITIONS = ("domain", "domain_dirichlet")
+FACTORS = {   # field -> levels screened besides the base level
+    "proxy": ["gate", "gate_delta", "gate_centred", "domain"],
+    "gate_init": ["per_client"],
+    "P": [0, 1, 8],
+    "tau": [0.03, 0.5],
+    "I": [5, 10],
+    "sync": ["refresh"],
+    "lb_coef": [1e-2],
+    "min_correlation": [0.0],
+    "fedmoe_backbone": ["local"],
+}
+BASELINES = ("fedavg", "fedprox", "fedper", "fedrep", "ditto", "local")
+METRICS = ("final_acc_mean", "final_acc_std", "final_acc_worst10", "best_acc_mean", "best_round", "server_bytes",
+           "p2p_bytes", "total_bytes", "domain_purity_first", "domain_purity_mean", "purity_chance",
+           "discarded_updates")
+
+
+def run_one(job: dict) -> dict:
+    """One simulation -> one CSV row (the job's own fields, then the metrics)."""
+    changes = {k: v for k, v in job.items() if k not in ("stage", "name")}
+    start = time.time()
+    config = ExperimentConfig(**{**BASE, **changes})
+    result = simulate(config)
+    settings = {f: getattr(config, f) for f in ("strategy", "partition", "seed", "eval_split", *FACTORS)}
+    return {"stage": job["stage"], "name": job["name"], **settings, **{m: result.summary.get(m) for m in METRICS},
+            "seconds": round(time.time() - start, 1)}
+
+
+def run_all(jobs: list[dict], path: Path, workers: int) -> pd.DataFrame:
+    """Run the jobs not yet in ``path`` (keyed by stage, name, partition, seed), appending each row as it ends."""
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    key = lambda j: (j["stage"], j["name"], j["partition"], int(j["seed"]))  # noqa: E731
+    have = {key(r) for r in done.to_dict("records")} if len(done) else set()
+    todo = [j for j in jobs if key(j) not in have]
+    print(f"{path.name}: {len(have)} done, {len(todo)} to run", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        for row in pool.map(run_one, todo):
+            pd.DataFrame([row]).to_csv(path, mode="a", header=not path.exists(), index=False)
+            print(f"  {row['name']:<28} {row['partition']:<17} seed {row['seed']}  acc {row['final_acc_mean']:.3f}  "
+                  f"purity {row['domain_purity_first']}  {row['seconds']} s", flush=True)
+    return pd.read_csv(path)
+
+
+def screen_jobs() -> list[dict]:
+    jobs = []
+    for partition in PARTITIONS:
+        common = dict(stage="screen", partition=partition, seed=0, eval_split="validation")
+        jobs.append({**common, "name": "base"})
+        for field, levels in FACTORS.items():
+            jobs += [{**common, "name": f"{field}={v}", field: v} for v in levels]
+    return jobs
+
+
+def candidates(screen: pd.DataFrame) -> dict[str, dict]:
+    """From the screen (mean validation accuracy over both partitions): the best variant, and the base
+    with every factor at its best level (levels that beat the base only)."""
+    score = screen.groupby("name")["final_acc_mean"].mean()
+    screened = score.drop("proxy=domain", errors="ignore")                # the oracle is not a candidate
+    best_name = screened.idxmax()
+    best = {} if best_name == "base" else _changes(best_name)
+    combined = {}
+    for field in FACTORS:
+        levels = {n: s for n, s in screened.items() if n.startswith(f"{field}=")}
+        if levels and max(levels.values()) > score["base"]:
+            combined.update(_changes(max(levels, key=levels.get)))
+    out = {"fedmoe_da[best]": best}
+    if combined != best:
+        out["fedmoe_da[combined]"] = combined
+    return out
+
+
+def _changes(name: str) -> dict:
+    field, value = name.split("=", 1)
+    level = next(v for v in FACTORS[field] if str(v) == value)
+    return {field: level}
+
+
+def test_jobs(cands: dict[str, dict], seeds: int) -> list[dict]:
+    jobs = []
+    for partition in PARTITIONS:
+        for seed in range(seeds):
+            common = dict(stage="test", partition=partition, seed=seed, eval_split="test")
+            jobs += [{**common, "name": name, **changes} for name, changes in cands.items()]
+            jobs.append({**common, "name": "fedmoe_da[paper gate proxy]", "proxy": "gate"})
+            jobs += [{**common, "name": b, "strategy": b} for b in BASELINES]
+    return jobs
+
+
+def report(out: Path) -> str:
+    """summary.md: the screen (validation) and the test stage (mean ± std over seeds), per partition."""
+    lines = []
+    screen = pd.read_csv(out / "screen.csv")
+    lines += ["### Screen (seed 0, validation split: each client's own held-out 20%)", "",
+              "| variant | " + " | ".join(PARTITIONS) + " | purity of A (first refresh) |", "|---|" + "---|" * (len(PARTITIONS) + 1)]
+    for name, part in screen.groupby("name", sort=False):
+        accs = [part.loc[part["partition"] == p, "final_acc_mean"] for p in PARTITIONS]
+        purity = part["domain_purity_first"].mean()
+        lines.append(f"| {name} | " + " | ".join(f"{a.mean():.3f}" if len(a) else "–" for a in accs)
+                     + f" | {'–' if pd.isna(purity) else f'{purity:.2f}'} |")
+    if (out / "test.csv").exists():
+        test = pd.read_csv(out / "test.csv")
+        for partition in PARTITIONS:
+            t = test[test["partition"] == partition]
+            fedavg = t[t["name"] == "fedavg"][["server_bytes", "total_bytes"]].mean()
+            lines += ["", f"### Test, partition `{partition}` ({t['seed'].nunique()} seeds, mean ± std over seeds)", "",
+                      "| strategy | final acc | worst 10% | best acc | server MB | total MB | server / total vs FedAvg | purity of A |",
+                      "|---|---|---|---|---|---|---|---|"]
+            rows = t.groupby("name", sort=False).agg(
+                acc=("final_acc_mean", "mean"), acc_sd=("final_acc_mean", "std"), worst=("final_acc_worst10", "mean"),
+                best=("best_acc_mean", "mean"), server=("server_bytes", "mean"), total=("total_bytes", "mean"),
+                purity=("domain_purity_first", "mean"))
+            for name, r in rows.sort_values("acc", ascending=False).iterrows():
+                purity = "–" if pd.isna(r.purity) else f"{r.purity:.2f}"
+                lines.append(f"| {name} | {r.acc:.3f} ± {r.acc_sd:.3f} | {r.worst:.3f} | {r.best:.3f} | "
+                             f"{r.server / 1e6:.1f} | {r.total / 1e6:.1f} | {r.server / fedavg.server_bytes:.2f} / "
+                             f"{r.total / fedavg.total_bytes:.2f} | {purity} |")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
+    ap.add_argument("--out", default="benchmarks/results/method_study")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, 2 rounds (checks the script, not the method)")
+    ap.add_argument("--report", action="store_true", help="only rewrite summary.md from the CSVs already there")
+    args = ap.parse_args()
+    if args.report:
+        print(report(Path(args.out)))
+        return
+    if args.smoke:
+        BASE.update(num_clients=8, max_samples=800, rounds=2, local_epochs=1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    screen = run_all(screen_jobs(), out / "screen.csv", args.jobs)
+    cands = candidates(screen[screen["stage"] == "screen"])
+    print("candidates:", cands, flush=True)
+    run_all(test_jobs(cands, args.seeds), out / "test.csv", args.jobs)
+    (out / "study.json").write_text(json.dumps(
+        {"base": BASE, "partitions": PARTITIONS, "factors": FACTORS, "baselines": BASELINES, "candidates": cands,
+         "seeds": args.seeds, "jobs": args.jobs, "wall_seconds_last_call": round(time.time() - start),
+         "versions": versions()}, indent=2, default=str))
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()
