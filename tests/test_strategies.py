@@ -379,12 +379,19 @@ def test_run_folder_holds_every_table(tmp_path):
     refreshes = [(r, l) for r in (1, 3) for l in (0, 1)]
     assert list(zip(result.aggregation["round"], result.aggregation["layer"])) == refreshes
     saved = dict(np.load(out / "matrices.npz"))
-    assert sorted(saved) == sorted(f"round{r}/A[{l}]" for r, l in refreshes) == sorted(result.matrices)
+    kinds = ("A[{l}]", "gate[{l}]", "pool[{l}]")   # A, the uploaded gates it came from, the pool's clients
+    assert sorted(saved) == sorted(f"round{r}/" + k.format(l=l) for r, l in refreshes for k in kinds) \
+        == sorted(result.matrices)
     M = cfg.num_clients * cfg.num_experts
     for key, A in saved.items():
-        assert A.shape == (M, M) and (A >= 0).all()
-        np.testing.assert_allclose(A.sum(1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(A, result.matrices[key])
+        if "/A[" in key:
+            assert A.shape == (M, M) and (A >= 0).all()
+            np.testing.assert_allclose(A.sum(1), 1.0, atol=1e-5)
+        elif "/pool[" in key:
+            assert A.tolist() == list(range(cfg.num_clients))
+        else:
+            assert A.shape == (M, cfg.d_model)
 
     back = load_run(out)
     assert back.config.to_dict() == cfg.to_dict() and back.summary == result.summary

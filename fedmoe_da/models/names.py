@@ -45,6 +45,11 @@ def matrix_group(layer: int) -> str:
     return f"{MATRIX}[{layer}]"
 
 
+def pool_key(layer: int) -> str:
+    """``pool[l]``: the client ids of layer l's pool, in the row order of A[l] (run folder, matrices.npz)."""
+    return f"pool[{layer}]"
+
+
 def parse_group(name: str) -> GroupName:
     """'expert[0][3]' -> GroupName('expert', 0, 3); raises ValueError on a name this module did not build."""
     m = _GROUP.match(name)
