@@ -38,8 +38,8 @@ def cos(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b)) / (na * nb)
 
 
-def ref_matrix(proxies: torch.Tensor, P: int, tau: float) -> np.ndarray:
-    """Eq. 8-10 by loops over pairs, in float64."""
+def ref_matrix(proxies: torch.Tensor, P: int, tau: float, floor: float | None = None) -> np.ndarray:
+    """Eq. 8-10 by loops over pairs, in float64; with a floor, j != i with R_ij <= floor is not selected."""
     X = proxies.double().tolist()
     M = len(X)
     A = np.zeros((M, M))
@@ -48,7 +48,7 @@ def ref_matrix(proxies: torch.Tensor, P: int, tau: float) -> np.ndarray:
     for i in range(M):
         R = [1.0 if j == i else cos(X[i], X[j]) for j in range(M)]
         threshold = sorted(R, reverse=True)[min(P, M - 1)]              # (P+1)-th largest
-        S = [j for j in range(M) if R[j] >= threshold - EPS_TIE]
+        S = [j for j in range(M) if R[j] >= threshold - EPS_TIE and (floor is None or j == i or R[j] > floor)]
         Z = sum(math.exp(R[j] / tau) for j in S)
         for j in S:
             A[i, j] = math.exp(R[j] / tau) / Z

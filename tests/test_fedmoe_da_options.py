@@ -25,38 +25,10 @@ from fedmoe_da.fl.simulation import initial_states
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import FedMoEDA
 from fedmoe_da.fl.transport import SERVER
+from test_aggregation import close, cos, ref_matrix  # the loop references of Eq. 8-10
 
 E, N = 4, 3
 NUM_TRAIN = [10, 20, 30]
-EPS_TIE = 1e-9
-
-
-def cos(a, b) -> float:
-    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
-    if na == 0 or nb == 0:
-        return 0.0
-    return sum(x * y for x, y in zip(a, b)) / (na * nb)
-
-
-def ref_matrix(proxies: torch.Tensor, P: int, tau: float, floor: float | None = None) -> np.ndarray:
-    """Eq. 8-10 by loops over pairs (float64), then the floor: j != i with R_ij <= floor is not selected."""
-    X = proxies.double().tolist()
-    M = len(X)
-    if P == 0:
-        return np.eye(M)
-    A = np.zeros((M, M))
-    for i in range(M):
-        R = [1.0 if j == i else cos(X[i], X[j]) for j in range(M)]
-        threshold = sorted(R, reverse=True)[min(P, M - 1)]
-        S = [j for j in range(M) if R[j] >= threshold - EPS_TIE and (floor is None or j == i or R[j] > floor)]
-        Z = sum(math.exp(R[j] / tau) for j in S)
-        for j in S:
-            A[i, j] = math.exp(R[j] / tau) / Z
-    return A
-
-
-def close(a, b, atol=1e-6):
-    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), atol=atol, rtol=1e-5)
 
 
 def tiny_setup(**changes):
@@ -96,7 +68,7 @@ class Spy:
 @given(M=st.integers(1, 9), d=st.integers(1, 4), P=st.integers(0, 10), tau=st.floats(0.05, 5.0),
        floor=st.sampled_from([-0.4321, 0.123456, 0.654321]), data=st.data())
 def test_min_correlation_matches_loop_reference(M, d, P, tau, floor, data):
-    """Floors far from every cosine of small integer vectors (a floor at a cosine: see the xfail below)."""
+    """Floors far from every cosine of small integer vectors (a floor at a cosine: see the rounding test below)."""
     ints = data.draw(arrays(np.int64, (M, d), elements=st.integers(-2, 2)))
     proxies = torch.tensor(ints, dtype=torch.float32)
     close(aggregation_matrix(proxies, P, tau, floor), ref_matrix(proxies, P, tau, floor))
@@ -115,8 +87,6 @@ def test_min_correlation_stops_orthogonal_proxies_from_pulling_in_the_whole_pool
     assert [sorted(np.flatnonzero(r.numpy() > 0).tolist()) for r in A] == [[0, 1], [0, 1], [2], [3, 4], [3, 4]]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the floor R_ij > min_correlation has no tie tolerance: an exactly "
-                                       "orthogonal pair whose computed cosine is rounding noise (+1.8e-17) is kept")
 def test_min_correlation_drops_orthogonal_pairs_despite_rounding():
     """[0, 1, -1] is orthogonal to [-1, -1, -1]; with min_correlation = 0 row 0 keeps only itself.
     The batched float64 matmul in ``correlation`` gives R_01 = 1.8e-17 here (not 0), which passes ``R > 0``."""
@@ -327,7 +297,7 @@ def test_diagnostics_match_loop_on_random_sparse_rows(seed):
     M = len(pool) * E3
     A = rng.random((M, M)) * (rng.random((M, M)) < 0.4)
     np.fill_diagonal(A, rng.random(M) + 0.1)
-    for i in range(M):                          # every row has some inter-client weight (see the xfail below)
+    for i in range(M):                          # every row has some inter-client weight (see the chance test below)
         A[i, (i + E3) % M] += 0.05
     A /= A.sum(1, keepdims=True)
     check_diagnostics(A, pool, E3, home)
@@ -348,9 +318,7 @@ def test_diagnostics_purity_leaves_out_rows_without_inter_client_weight():
     assert got["same_slot_share"] == pytest.approx(1.0) and got["self_weight"] == pytest.approx(0.6)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: purity_chance averages over all rows, domain_purity only over rows "
-                                       "with inter-client weight, so a domain-blind A is not at 'chance'")
 def test_diagnostics_chance_is_over_the_rows_purity_is_over():
     got = matrix_diagnostics(torch.tensor(BLIND_WHERE_ANY, dtype=torch.float32), [0, 1, 2], 1, [0, 0, 1])
-    assert got["purity_chance"] == pytest.approx(got["domain_purity"])   # 0.5; the library gives 1/3
+    assert got["purity_chance"] == pytest.approx(got["domain_purity"])   # 0.5 (both over the rows with inter-client weight)
     check_diagnostics(BLIND_WHERE_ANY, [0, 1, 2], 1, [0, 0, 1])
