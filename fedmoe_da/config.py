@@ -40,6 +40,7 @@ PROXIES = ("gate", "gate_delta", "gate_centred", "domain")
 GATE_INITS = ("shared", "per_client")
 SYNCS = ("every_round", "refresh")
 EVAL_SPLITS = ("test", "validation")
+SERVER_AGGREGATES = ("mean", "trimmed_mean", "median")
 
 
 class ConfigError(ValueError):
@@ -167,6 +168,18 @@ class ExperimentConfig:
     """FedMoE-DA: apply Eq. 11 every round with the last A (every_round) or only at refresh rounds (refresh)."""
     min_correlation: float | None = rule(None, Optional(Number(-1, 1, high_open=True)))
     """FedMoE-DA: pool pairs with R_ij <= this are never selected (ties at zero); None: Eq. 9 as published."""
+
+    # --- peers that lie, clients that drop (fl/robust.py) -----------------
+    p2p_screen: float | None = rule(None, Optional(Number(0, low_open=True)))
+    """FedMoE-DA: a client rejects a peer's expert farther from its own expert of that slot than this x the own expert's norm; None: off."""
+    upload_screen: float | None = rule(None, Optional(Number(0, low_open=True)))
+    """Server: reject an upload farther from the coordinate-wise median of the round's uploads than this x the median's norm; None: off."""
+    server_aggregate: str = rule("mean", Choice(SERVER_AGGREGATES))
+    """Server: combine uploads by mean (FedAvg, weighted by data size), trimmed_mean or median (coordinate-wise, unweighted)."""
+    trim_fraction: float = rule(0.1, Number(0, 0.5, high_open=True))
+    """server_aggregate=trimmed_mean: share of uploads dropped at each end of every coordinate."""
+    dropout: float = rule(0.0, Number(0, 1))
+    """Probability that a participant drops after local training: it sends and receives nothing that round."""
 
     # --- evaluation -------------------------------------------------------
     eval_split: str = rule("test", Choice(EVAL_SPLITS))

@@ -22,6 +22,7 @@ PURPOSES = (
     "participants",   # which clients take part in each round
     "batches",        # mini-batch order of one client in one round
     "validation",     # which training samples each client holds out for validation
+    "dropout",        # which participants drop after local training in each round
 )
 
 

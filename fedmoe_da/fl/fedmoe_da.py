@@ -14,7 +14,10 @@ Per MoE layer l, the pool is every (client k, slot e) whose gate the server hold
   participant fetches the distinct remote (peer, slot) experts of its rows
   from peers present this round; absent or rejected peers are dropped and the
   row renormalised (its own expert is always there); then Eq. 11 from the
-  experts as they were after local training (synchronous). A participant that
+  experts as they were after local training (synchronous). With
+  ``p2p_screen`` = c, the receiver also rejects an expert farther than
+  c x ||own|| from its own expert of that slot (``robust.expert_screen``):
+  a rejected expert is dropped like an absent peer's. A participant that
   joined after the last refresh has no rows yet and keeps its experts.
 * The backbone (and a ViT's head) goes through the server as in FedAvg
   (``fedmoe_backbone="server"``) or never leaves the client (``"local"``).
@@ -26,6 +29,7 @@ import torch
 from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, tensor_key
 from .aggregation import aggregate_experts, aggregation_matrix, centre_by_slot, domain_proxies, drop_absent, matrix_diagnostics
 from .p2p import ClientRows, fetch_plan, rows_for_client
+from .robust import expert_screen
 from .state import read_group
 from .strategy import Strategy
 from .transport import SERVER
@@ -133,12 +137,15 @@ class FedMoEDA(Strategy):
                 self._sync_layer(rnd, k, l, rows, present, before, states, transport)
 
     def _sync_layer(self, rnd, k, l, rows: ClientRows, present, before, states, transport) -> None:
-        """Fetch client k's remote experts of layer l, then Eq. 11 with absent peers dropped."""
+        """Fetch client k's remote experts of layer l, then Eq. 11 with absent (or rejected) peers dropped."""
         received = {}
+        c = self.config.p2p_screen
         for peer, slot in fetch_plan(rows, k, present):
             g = expert_group(l, slot)
+            own = read_group(before[k], self.groups[g])                         # k's own expert of that slot
+            screen = None if c is None else (lambda got, own=own: expert_screen(got, own, c))
             got = transport.send(rnd, peer, k, "p2p", g, read_group(before[peer], self.groups[g]),
-                                 expect=self.shapes[g])
+                                 expect=self.shapes[g], screen=screen)
             if got is not None:
                 received[(peer, slot)] = got
         sources = rows.sources()                                                # (S,) (peer, slot)

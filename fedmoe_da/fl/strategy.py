@@ -6,23 +6,37 @@ A strategy declares a channel per group kind (DESIGN section 4): ``server``
 
     begin_round  participants that missed the latest server aggregate get it (server-down)
     train        each participant's local update (``Trainer.train``; FedProx, FedRep, Ditto override it)
-    upload       participants -> server      (server-up)
-    aggregate    server side: FedAvg of every server group (weights: training-set sizes)
-    download     server -> participants      (server-down)
-    p2p          peer -> participant         (p2p)
+    answering    who of them is still there (``config.dropout``: a participant may drop after training)
+    upload       answering participants -> server   (server-up; ``config.upload_screen`` judges them)
+    aggregate    server side: FedAvg of every server group (weights: training-set sizes), or a
+                 robust aggregate (``config.server_aggregate``)
+    download     server -> answering participants   (server-down)
+    p2p          peer -> answering participant      (p2p)
 
 Every payload goes through the transport, so the ledger counts every byte
-exactly once and nothing here counts bytes. Client states are plain dicts of
-tensors (``state.py``); the server keeps ``server_state``, the latest
-aggregate of every server group, and the version each client holds.
+exactly once and nothing here counts bytes.
+
+A participant that drops after local training (probability ``config.dropout``,
+seed stream "dropout", drawn per round and client) keeps its trained state
+but sends and receives nothing for the rest of the round: it writes no
+ledger rows (no byte moved) and one rejections row
+(round, k, k, "dropout", "all", reason). The server averages over who
+answered; FedMoE-DA's peers treat it as absent (rows renormalised). Like any
+participant that missed an aggregate, it gets the latest one at the start of
+its next round. A late message is the same as a dropped one.
+
+Client states are plain dicts of tensors (``state.py``); the server keeps
+``server_state``, the latest aggregate of every server group, and the
+version each client holds.
 """
 from __future__ import annotations
 
+from .. import seeds
 from ..config import ExperimentConfig
 from ..models import ParamRef
 from ..models.names import group_kind
-from .aggregation import fedavg
 from .client import Trainer
+from .robust import server_aggregate, upload_outliers
 from .state import State, read_group, write_group
 from .transport import SERVER, Transport
 
@@ -74,36 +88,50 @@ class Strategy:
         return trainer.train(state, x, y, seed)
 
     def communicate(self, rnd: int, participants: list[int], states: list[State], transport: Transport) -> None:
-        uploads = self.upload(rnd, participants, states, transport)
+        answered = self.answering(rnd, participants, transport)
+        uploads = self.upload(rnd, answered, states, transport)
         self.aggregate(rnd, uploads)
-        self.download(rnd, participants, states, transport)
-        self.p2p(rnd, participants, states, transport)
+        self.download(rnd, answered, states, transport)
+        self.p2p(rnd, answered, states, transport)
+
+    def answering(self, rnd: int, participants: list[int], transport: Transport) -> list[int]:
+        """The participants that did not drop after local training (each drops with probability ``dropout``)."""
+        if self.config.dropout == 0:
+            return participants
+        draws = seeds.generator(self.config.seed, "dropout", rnd).random(len(self.num_train))   # one per client
+        for k in participants:
+            if draws[k] < self.config.dropout:
+                transport.ledger.reject(rnd, k, k, "dropout", "all",
+                                        "dropped after local training: sent and received nothing this round")
+        return [k for k in participants if draws[k] >= self.config.dropout]
 
     def upload(self, rnd, participants, states, transport) -> dict[str, dict[int, dict]]:
-        """Each participant sends its server-channel groups; returns group -> {client: accepted payload}."""
-        uploads: dict[str, dict[int, dict]] = {}
-        for g in self.server_groups():
-            uploads[g] = {}
-            for k in participants:
-                got = transport.send(rnd, k, SERVER, "server-up", g, read_group(self.upload_state(k, states), self.groups[g]),
-                                     expect=self.shapes[g])
-                if got is not None:
-                    uploads[g][k] = got
-        return uploads
+        """Each participant sends its server-channel groups; returns group -> {client: accepted payload}.
+
+        The server judges each group's uploads together (``upload_screen``: far from their median)."""
+        c = self.config.upload_screen
+        screen = None if c is None else (lambda received: upload_outliers(received, c))
+        return {g: transport.gather(rnd, SERVER, "server-up", g,
+                                    {k: read_group(self.upload_state(k, states), self.groups[g]) for k in participants},
+                                    expect=self.shapes[g], screen=screen)
+                for g in self.server_groups()}
 
     def upload_state(self, k: int, states: list[State]) -> State:
         """The state client k uploads from (its own; Ditto uploads its copy of the global model)."""
         return states[k]
 
     def aggregate(self, rnd: int, uploads: dict[str, dict[int, dict]]) -> None:
-        """FedAvg of every uploaded group, weighted by training-set size; missing uploads are skipped."""
+        """FedAvg of every uploaded group, weighted by training-set size (or ``server_aggregate``); missing
+        uploads are skipped."""
         self.averaged: dict[str, dict] = {}
+        kind, trim = self.config.server_aggregate, self.config.trim_fraction
         for g, by_client in uploads.items():
             if not by_client:
                 continue
             clients = sorted(by_client)
             weights = [self.num_train[k] for k in clients]
-            self.averaged[g] = {n: fedavg([by_client[k][n] for k in clients], weights) for n in by_client[clients[0]]}
+            self.averaged[g] = {n: server_aggregate(kind, [by_client[k][n] for k in clients], weights, trim)
+                                for n in by_client[clients[0]]}
             write_group(self.server_state, self.groups[g], self.averaged[g])
         if self.averaged:
             self.server_version += 1
@@ -127,3 +155,4 @@ class Strategy:
     def diagnostics(self) -> list[dict]:
         """Rows for the run folder's aggregation.csv, produced since the last call (FedMoE-DA only)."""
         return []
+

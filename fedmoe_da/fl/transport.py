@@ -10,7 +10,11 @@ The receiver validates what arrives against the shapes it expects: a payload
 with a missing or wrong-shaped tensor, or a NaN/Inf, is *rejected* (the row is
 still written, since the bytes did move, with accepted=False) and recorded in
 ``ledger.rejections``; ``send`` then returns None and the strategy carries on
-without it.
+without it. A *screen* (``robust.py``) can reject an intact payload the same
+way: ``send(..., screen=f)`` asks ``f(received)`` for a reason, and ``gather``
+(several senders, one receiver that judges them together, e.g. the server
+against the median of the round's uploads) asks ``screen(received_by_src)``
+for the reason of each rejected sender.
 
 ``InProcessTransport`` is the simulator's: it clones tensors (so a receiver
 can never alias a sender's state). The distributed runner's transport sends
@@ -30,6 +34,8 @@ LEDGER_COLUMNS = ["round", "src", "dst", "channel", "group", "numel", "bytes", "
 REJECTION_COLUMNS = ["round", "src", "dst", "channel", "group", "reason"]
 
 Payload = dict[str, Tensor]
+Screen = Callable[[Payload], "str | None"]
+GroupScreen = Callable[[dict[int, Payload]], dict[int, str]]
 
 
 def payload_problem(tensors: Payload, expect: dict[str, torch.Size] | None) -> str | None:
@@ -47,7 +53,12 @@ def payload_problem(tensors: Payload, expect: dict[str, torch.Size] | None) -> s
 
 
 class CommLedger:
-    """Rows of every transfer, and of every rejected payload."""
+    """Rows of every transfer, and of every rejected payload.
+
+    ``rejected`` also holds what happened at a client without a transfer: channel
+    ``local`` (the simulator discarded a non-finite local update) and ``dropout``
+    (a participant dropped after local training and sent nothing: ``Strategy.answering``).
+    """
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -77,19 +88,64 @@ class Transport:
     def __init__(self, ledger: CommLedger | None = None) -> None:
         self.ledger = ledger if ledger is not None else CommLedger()
 
-    def _deliver(self, src: int, dst: int, tensors: Payload) -> Payload:
+    def _deliver(self, src: int, dst: int, tensors: Payload, group: str) -> Payload:
+        """Move ``tensors`` (parameter group ``group``) from src to dst; return what dst got."""
         raise NotImplementedError
 
     def send(self, round: int, src: int, dst: int, channel: str, group: str, tensors: Payload,
-             expect: dict[str, torch.Size] | None = None) -> Payload | None:
-        """Send ``tensors`` from src to dst; return what dst received, or None if dst rejected it."""
-        received = self._deliver(src, dst, tensors)
+             expect: dict[str, torch.Size] | None = None, screen: Screen | None = None) -> Payload | None:
+        """Send ``tensors`` from src to dst; return what dst received, or None if dst rejected it.
+
+        dst rejects a payload with missing, wrong-shaped or non-finite tensors, then one ``screen`` objects to.
+        """
+        received = self._deliver(src, dst, tensors, group)
         problem = payload_problem(received, expect)
+        if problem is None and screen is not None:
+            problem = screen(received)
+        self._log(round, src, dst, channel, group, received, problem)
+        return received if problem is None else None
+
+    def gather(self, round: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
+               expect: dict[str, torch.Size] | None = None, screen: GroupScreen | None = None) -> dict[int, Payload]:
+        """Each src in ``sent`` sends its payload to dst, which judges them together; returns the accepted ones.
+
+        As ``send`` for each sender, then ``screen`` sees every intact payload at once and names the
+        senders dst rejects (with reasons). Rows are written in the order of ``sent``.
+        """
+        received = {src: self._deliver(src, dst, tensors, group) for src, tensors in sent.items()}
+        problems = {src: payload_problem(got, expect) for src, got in received.items()}
+        if screen is not None:
+            problems.update(screen({src: got for src, got in received.items() if problems[src] is None}))
+        for src, got in received.items():
+            self._log(round, src, dst, channel, group, got, problems[src])
+        return {src: got for src, got in received.items() if problems[src] is None}
+
+    def _log(self, round, src, dst, channel, group, received: Payload, problem: str | None) -> None:
         self.ledger.record(round, src, dst, channel, group, received, accepted=problem is None)
         if problem is not None:
             self.ledger.reject(round, src, dst, channel, group, problem)
-            return None
-        return received
+
+    # ------------------------------------------------------------------ placement: which process runs which party
+    # The runner's hooks. In one process every party is here and they change nothing; the distributed runner
+    # (``distributed.py``) overrides them: each rank trains and evaluates its own clients, rank 0 writes the folder.
+    def hosts(self, party: int) -> bool:
+        """True if this process runs ``party``'s side (trains and evaluates client ``party``)."""
+        return True
+
+    def trained(self, train_loss: dict[int, float]) -> dict[int, float]:
+        """The round's training losses (kept updates) of every participant, from every process."""
+        return train_loss
+
+    def settle(self, strategy) -> None:
+        """After a round's communication: every process holds the server's strategy state."""
+
+    def evaluated(self, rows: list[dict]) -> list[dict]:
+        """The round's history rows of every client, from every process, in client order."""
+        return rows
+
+    def folder(self, folder):
+        """The run folder as this process writes it (distributed: rank 0 writes, the others only read)."""
+        return folder
 
 
 class InProcessTransport(Transport):
@@ -99,12 +155,7 @@ class InProcessTransport(Transport):
                  tamper: Callable[[int, int, str, Payload], Payload] | None = None) -> None:
         super().__init__(ledger)
         self.tamper = tamper
-        self._group = ""
 
-    def send(self, round, src, dst, channel, group, tensors, expect=None):  # noqa: D102
-        self._group = group
-        return super().send(round, src, dst, channel, group, tensors, expect)
-
-    def _deliver(self, src: int, dst: int, tensors: Payload) -> Payload:
+    def _deliver(self, src: int, dst: int, tensors: Payload, group: str) -> Payload:
         out = {name: t.detach().clone() for name, t in tensors.items()}
-        return self.tamper(src, dst, self._group, out) if self.tamper else out
+        return self.tamper(src, dst, group, out) if self.tamper else out
