@@ -8,11 +8,15 @@ also takes ``none``, tuples are comma-separated; bools are ``--x/--no-x``), its
 choices and range come from the field's rule. ``--config FILE`` reads fields from JSON or TOML.
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
+``fedmoe-da run --resume RUN_DIR`` continues a run from its folder's checkpoint
+(the config is the folder's config.json). Ctrl-C stops a run with one line
+saying how to continue it, and exit code 130.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -85,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run one strategy and write its run folder",
                          description="Run one strategy and write its run folder. " + PRECEDENCE)
     add_config_flags(run)
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue the run in RUN_DIR from its checkpoint, with the config in its config.json (no "
+                     "other flags but --progress/--no-progress); a finished run is read back")
     cmp_ = sub.add_parser("compare", parents=[common], help="strategies side by side on one partition: table + plot",
                           description="Run strategies on the same partition and seeds: table + plot. "
                           + PRECEDENCE + " --strategies replaces --strategy.")
@@ -124,8 +131,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    out = None   # the run folder, once known (for the line Ctrl-C prints)
     try:
+        if args.command == "run" and args.resume is not None:
+            out = args.resume
+            return _resume(args)
         config, extras = _config(args)
+        out = config.out
         if args.command == "compare":
             strategies = (args.strategies.split(",") if hasattr(args, "strategies")
                           else extras.get("strategies", COMPARE_STRATEGIES))
@@ -135,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         if "strategies" in extras:
             raise ConfigError(f"config file {args.config!r} is a compare folder's: use fedmoe-da compare --config")
         return _run(config)
+    except KeyboardInterrupt:
+        print(_interrupted(args.command, out), file=sys.stderr)
+        return 130
     except Exception as exc:
         if not isinstance(exc, _user_errors()):
             raise
@@ -153,10 +168,45 @@ def _all_discarded(config: ExperimentConfig, summary: dict) -> bool:
     return True
 
 
+def _interrupted(command: str, out: str | None) -> str:
+    """The one line Ctrl-C prints: how to continue."""
+    if command == "compare":
+        return ("fedmoe-da: interrupted; run the same fedmoe-da compare command again: finished runs are read back "
+                "and the unfinished one resumes from its checkpoint")
+    if out is None or not (Path(out) / "config.json").exists():
+        return "fedmoe-da: interrupted before the run folder was written; run the same command again"
+    from .fl.checkpoint import saved_round
+
+    try:
+        done = saved_round(out)
+    except ConfigError:
+        done = None
+    if done is None:
+        return (f"fedmoe-da: interrupted with no checkpoint saved yet; start again with: fedmoe-da run --config "
+                f"{shlex.quote(str(Path(out) / 'config.json'))}")
+    return f"fedmoe-da: interrupted; round {done} is saved; continue with: fedmoe-da run --resume {shlex.quote(out)}"
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``run --resume RUN_DIR``: the config is the folder's; only --progress / --no-progress may be given."""
+    given = (["--config"] if args.config else []) + (["--smoke"] if args.smoke else []) + [
+        flag_name(f.name) for f in dataclasses.fields(ExperimentConfig) if hasattr(args, f.name) and f.name != "progress"]
+    if given:
+        raise ConfigError(f"--resume takes the config from RUN_DIR/config.json: {given[0]} cannot be given with it")
+    from .fl.simulation import resume
+
+    result = resume(args.resume, progress=getattr(args, "progress", None))
+    return _report(result.config, result)
+
+
 def _run(config: ExperimentConfig) -> int:
     from . import simulate
 
-    result = simulate(config)
+    return _report(config, simulate(config))
+
+
+def _report(config: ExperimentConfig, result) -> int:
+    """The run's one-line summary and its folder on stdout; 1 if every local update was discarded."""
     s = result.summary
     print(f"{config.strategy}: final personalised accuracy {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} "
           f"(worst 10% {s['final_acc_worst10']:.3f}), best {s['best_acc_mean']:.3f} at round {s['best_round']}; "

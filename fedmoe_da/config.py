@@ -198,6 +198,8 @@ class ExperimentConfig:
     """Torch intra-op threads of the run (on 2 busy cores, 2 threads are slower than 1)."""
     out: str | None = rule(None, Optional(OutDir()))
     """Run folder to write (config.json, history.csv, ledger.csv, summary.json); None: none."""
+    checkpoint_every: int = rule(1, Integer(0))
+    """Write the run folder's checkpoint.pt every K rounds (0: never), from which --resume continues; cheap: about 10 MB rewritten in 40 ms at the default sizes, 1% of a round."""
     progress: bool = rule(True, Bool())
     """Show a progress bar over rounds."""
 

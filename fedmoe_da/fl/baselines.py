@@ -81,6 +81,8 @@ class Ditto(Strategy):
     (lambda / 2) ||v - w_global||^2 pulling it towards the global model the round started from.
     Each client's copy of the global model is the server's latest (``server_state``): a participant
     that missed an aggregation gets it at the start of its next round, as in FedAvg.
+    ``global_updates`` lives within one round (every participant trains before it uploads), so a
+    checkpoint needs only the base state (``Strategy.state_dict``).
     """
 
     name = "ditto"

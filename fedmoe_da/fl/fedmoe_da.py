@@ -106,6 +106,22 @@ class FedMoEDA(Strategy):
         """The current A of every layer (for the run folder's matrices.npz)."""
         return {matrix_group(l): A for l, A in enumerate(self.A) if A is not None}
 
+    def state_dict(self) -> dict:
+        """The base state plus A, its pool and version per layer, the server's gates, the initial gates and the
+        rows each client holds (a checkpoint: tensors, lists, dicts and ints only)."""
+        return {**super().state_dict(), "A": list(self.A), "pool": [list(p) for p in self.pool],
+                "version": self.version, "server_gates": [dict(g) for g in self.server_gates],
+                "initial_gates": [dict(g) for g in self.initial_gates],
+                "client_rows": {k: [{"row": r.row, "peer": r.peer, "slot": r.slot, "weight": r.weight,
+                                     "version": r.version} for r in rows] for k, rows in self.client_rows.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.A, self.pool, self.version = list(state["A"]), [list(p) for p in state["pool"]], int(state["version"])
+        self.server_gates = [dict(g) for g in state["server_gates"]]
+        self.initial_gates = [dict(g) for g in state["initial_gates"]]
+        self.client_rows = {k: [ClientRows(**r) for r in rows] for k, rows in state["client_rows"].items()}
+
     def download(self, rnd, participants, states, transport) -> None:
         super().download(rnd, participants, states, transport)
         for k in participants:

@@ -9,12 +9,21 @@
     aggregation.csv   FedMoE-DA: diagnostics of A per refresh and layer                      (appended per refresh)
     matrices.npz      FedMoE-DA: A per refresh and layer, keyed ``round<r>/A[l]``
     summary.json      the numbers of ``summary.summarize``, written at the end
+    checkpoint.pt     what ``--resume`` continues from (``checkpoint.py`` says what goes in): at the
+                      start, then every ``checkpoint_every`` rounds after that round's rows are appended
+
+A kill -9 can leave rows of an unfinished round at the end of the appended
+tables: ``truncate`` cuts them back to their sizes at the checkpoint. The
+checkpoint and matrices.npz are written atomically (a temporary file, then
+``os.replace``), so a kill leaves the previous one whole.
 
 This module owns the file names and formats: nothing else reads or writes them.
 """
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -22,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from .summary import SimulationResult
 from .transport import LEDGER_COLUMNS, REJECTION_COLUMNS
 
 CONFIG, CLIENTS, HISTORY, LEDGER, REJECTIONS = "config.json", "clients.csv", "history.csv", "ledger.csv", "rejections.csv"
-AGGREGATION, MATRICES, SUMMARY = "aggregation.csv", "matrices.npz", "summary.json"
+AGGREGATION, MATRICES, SUMMARY, CHECKPOINT = "aggregation.csv", "matrices.npz", "summary.json", "checkpoint.pt"
 APPENDED = (HISTORY, LEDGER, REJECTIONS, AGGREGATION)
 
 
@@ -56,6 +66,22 @@ def matrix_key(rnd: int, group: str) -> str:
     return f"round{rnd}/{group}"
 
 
+def matrix_round(key: str) -> int:
+    """The round of a matrices.npz key (``matrix_key``'s inverse)."""
+    return int(key.split("/", 1)[0].removeprefix("round"))
+
+
+def _replace_atomically(target: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``target``, then rename it over ``target`` (all or nothing)."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class RunFolder:
     """Writes one run folder as the run goes."""
 
@@ -64,7 +90,7 @@ class RunFolder:
 
     def start(self, config: ExperimentConfig, clients: pd.DataFrame) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in APPENDED + (MATRICES, SUMMARY):
+        for name in APPENDED + (MATRICES, SUMMARY, CHECKPOINT):
             (self.path / name).unlink(missing_ok=True)            # a rerun into the same folder starts clean
         (self.path / CONFIG).write_text(json.dumps({"config": config.to_dict(), "versions": versions()},
                                                    indent=2, sort_keys=True))
@@ -81,7 +107,73 @@ class RunFolder:
 
     def save_matrices(self, matrices: dict[str, np.ndarray]) -> None:
         """Every A so far, keyed ``matrix_key(round, group)`` (rewritten at each refresh)."""
-        np.savez_compressed(self.path / MATRICES, **matrices)
+        _replace_atomically(self.path / MATRICES, lambda f: np.savez_compressed(f, **matrices))
+
+    def matrices(self, last_round: int) -> dict[str, np.ndarray]:
+        """The A of every refresh up to ``last_round`` in matrices.npz."""
+        if not (self.path / MATRICES).exists():
+            return {}
+        with np.load(self.path / MATRICES) as saved:
+            return {k: saved[k] for k in saved.files if matrix_round(k) <= last_round}
+
+    # ------------------------------------------------------------------ checkpoint and resume
+    def sizes(self) -> dict[str, int]:
+        """Byte size of each appended table (0: not written yet), recorded in a checkpoint."""
+        return {name: (self.path / name).stat().st_size if (self.path / name).exists() else 0 for name in APPENDED}
+
+    def truncate(self, sizes: dict[str, int], last_round: int) -> None:
+        """Cut each appended table back to its size at the checkpoint of ``last_round``, and matrices.npz back
+        to the refreshes up to it: what a later, unfinished round wrote goes."""
+        for name in APPENDED:
+            target, size = self.path / name, int(sizes.get(name, 0))
+            now = target.stat().st_size if target.exists() else 0
+            if now < size:
+                raise ConfigError(f"run folder {str(self.path)!r} cannot be resumed: {name} holds {now} bytes, "
+                                  f"fewer than the {size} its checkpoint recorded (was it edited?)")
+            if size == 0:
+                target.unlink(missing_ok=True)
+            elif now > size:
+                os.truncate(target, size)
+        if (self.path / MATRICES).exists():
+            with np.load(self.path / MATRICES) as saved:
+                later = any(matrix_round(k) > last_round for k in saved.files)
+            if later:
+                kept = self.matrices(last_round)
+                if kept:
+                    self.save_matrices(kept)
+                else:
+                    (self.path / MATRICES).unlink()
+
+    def table(self, name: str) -> pd.DataFrame:
+        """One appended table as written so far (empty if not written yet)."""
+        return _read_csv(self.path / name)
+
+    def finished(self) -> bool:
+        return (self.path / SUMMARY).exists()
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).exists()
+
+    def save_checkpoint(self, payload: dict) -> None:
+        """Write checkpoint.pt atomically; ``payload`` holds only tensors, lists, dicts, ints, floats, strings."""
+        _replace_atomically(self.path / CHECKPOINT, lambda f: torch.save(payload, f))
+
+    def load_checkpoint(self) -> dict:
+        """Read checkpoint.pt with ``weights_only=True``: no code from the file runs."""
+        try:
+            return torch.load(self.path / CHECKPOINT, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise ConfigError(f"run folder {str(self.path)!r}: {CHECKPOINT} cannot be read: "
+                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+    def config(self) -> ExperimentConfig:
+        """The run's config, from config.json."""
+        try:
+            return ExperimentConfig.from_dict(json.loads((self.path / CONFIG).read_text())["config"])
+        except FileNotFoundError:
+            raise ConfigError(f"run folder {str(self.path)!r} has no {CONFIG}: it is not a run folder") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"run folder {str(self.path)!r}: {CONFIG} cannot be read: {exc}") from None
 
     def finish(self, summary: dict) -> None:
         for name, columns in ((LEDGER, LEDGER_COLUMNS), (REJECTIONS, REJECTION_COLUMNS), (AGGREGATION, [])):

@@ -3,7 +3,11 @@
     data -> partition -> one model (clients hold states) -> for each round:
         sample participants -> strategy.begin_round -> local training (strategy.train)
         -> strategy.communicate (upload, aggregate, download, p2p) -> evaluate every client
-        -> append history, ledger, diagnostics to the run folder
+        -> append history, ledger, diagnostics to the run folder -> checkpoint (every checkpoint_every rounds)
+
+``simulate(config, resume=True)`` or ``resume(run_dir)`` continues a run from
+its folder's checkpoint with a result identical to the uninterrupted run's
+(``checkpoint.py``).
 
 Personalised accuracy is each client's own state on its own held-out split,
 evaluated after the round's communication (what the client would use now).
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,8 +30,9 @@ from .. import models, seeds
 from ..config import ConfigError, ExperimentConfig
 from ..models.names import gate_group, routed_column
 from ..moe import resolve_backend
+from . import checkpoint
 from .client import Trainer
-from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, matrix_key
+from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, load_run, matrix_key
 from .state import State, get_state, is_finite_state
 from .strategies import make_strategy
 from .strategy import Strategy
@@ -73,17 +79,31 @@ def initial_states(model: torch.nn.Module, config: ExperimentConfig, num_clients
     return states
 
 
-def simulate(config: ExperimentConfig, transport: Transport | None = None) -> SimulationResult:
+def simulate(config: ExperimentConfig, transport: Transport | None = None, resume: bool = False) -> SimulationResult:
     """Run ``config``; returns .history, .ledger, .rejections, .clients, .aggregation, .matrices and .summary.
 
-    With ``config.out`` set, the run folder is written as the run goes (``run_folder.py``).
+    With ``config.out`` set, the run folder is written as the run goes (``run_folder.py``), with a
+    checkpoint every ``checkpoint_every`` rounds. ``resume=True`` continues the run in ``config.out``
+    from its checkpoint instead (``config`` must be the folder's, but for ``out`` and ``progress``;
+    a finished run is read back); otherwise a ConfigError says why it cannot.
     """
     preflight(config)
+    if resume:
+        folder = checkpoint.check(config)
+        if folder.finished():
+            return load_run(folder.path)
     with torch_threads(config.threads):
-        return _simulate(config, transport or InProcessTransport())
+        return _simulate(config, transport or InProcessTransport(), resume)
 
 
-def _simulate(config: ExperimentConfig, transport: Transport) -> SimulationResult:
+def resume(run_dir: str | Path, progress: bool | None = None) -> SimulationResult:
+    """Continue the run in ``run_dir`` from its checkpoint, with the config in its config.json (``progress``:
+    show the bar or not; None: as the run did). A finished run is read back; ConfigError if it cannot resume."""
+    config = RunFolder(run_dir).config().replace(out=str(run_dir))
+    return simulate(config if progress is None else config.replace(progress=progress), resume=True)
+
+
+def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = False) -> SimulationResult:
     dataset = data_mod.build(config)
     clients = data_mod.partition(dataset, config)
     table = data_mod.client_table(clients, dataset)
@@ -97,14 +117,18 @@ def _simulate(config: ExperimentConfig, transport: Transport) -> SimulationResul
     trainer = Trainer(model, config)
     rng = seeds.generator(config.seed, "participants")
     folder = RunFolder(config.out) if config.out else None
-    if folder:
-        folder.start(config, table)
+    if resume and folder:   # states, strategy and RNGs as after the checkpoint's round; the folder cut back to it
+        done = checkpoint.restore(folder, config, states, strategy, rng, transport.ledger)
+    else:
+        done = checkpoint.Done()
+        if folder:
+            folder.start(config, table)
+            checkpoint.save(folder, 0, config, states, strategy, rng)   # round 0: a kill in round 1 resumes too
 
-    history: list[dict] = []
-    diagnostics: list[dict] = []
-    matrices: dict[str, np.ndarray] = {}
-    written = {LEDGER: 0, REJECTIONS: 0}   # rows of the ledger already in the run folder
-    bar = tqdm(range(1, config.rounds + 1), desc=config.strategy, disable=not config.progress, leave=False)
+    history, diagnostics, matrices = done.history, done.diagnostics, done.matrices
+    written = {LEDGER: len(transport.ledger.rows), REJECTIONS: len(transport.ledger.rejected)}  # already in the folder
+    bar = tqdm(range(done.round + 1, config.rounds + 1), desc=config.strategy, disable=not config.progress,
+               leave=False, initial=done.round, total=config.rounds)
     for rnd in bar:
         participants = sample_participants(rng, config.num_clients, config.participation)
         train_loss: dict[int, float] = {}
@@ -132,6 +156,7 @@ def _simulate(config: ExperimentConfig, transport: Transport) -> SimulationResul
             if new_diag:
                 folder.save_matrices(matrices)
             written = {LEDGER: len(transport.ledger.rows), REJECTIONS: len(transport.ledger.rejected)}
+            checkpoint.save(folder, rnd, config, states, strategy, rng)
         bar.set_postfix(acc=f"{np.nanmean([r['personalised_accuracy'] for r in rows]):.3f}")
 
     result = SimulationResult(config, pd.DataFrame(history), transport.ledger.to_frame(), transport.ledger.rejections(),

@@ -156,3 +156,12 @@ class Strategy:
         """Rows for the run folder's aggregation.csv, produced since the last call (FedMoE-DA only)."""
         return []
 
+    # ------------------------------------------------------------------ checkpoint (``checkpoint.py``)
+    def state_dict(self) -> dict:
+        """What the server side carries from one round to the next: tensors, lists, dicts and ints only."""
+        return {"server_state": self.server_state, "server_version": self.server_version, "held": list(self.held)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what ``state_dict`` gave (from a checkpoint)."""
+        self.server_state = dict(state["server_state"])
+        self.server_version, self.held = int(state["server_version"]), [int(v) for v in state["held"]]
