@@ -36,7 +36,7 @@ DOMAINS = ("original", "rotate", "invert", "noise", "blur")
 DIGIT_DOMAINS = ("mnist", "usps", "mnistm", "synth")
 CHANNELS = ("server", "local")
 OPTIMIZERS = ("adam", "sgd")
-PROXIES = ("gate", "gate_delta", "gate_centred", "domain")
+PROXIES = ("gate", "gate_delta", "gate_centred", "gate_signature", "domain")
 GATE_INITS = ("shared", "per_client")
 SYNCS = ("every_round", "refresh")
 EVAL_SPLITS = ("test", "validation")
@@ -123,7 +123,7 @@ class ExperimentConfig:
     z_coef: float = rule(1e-3, Number(0))
     """Coefficient of the router z-loss."""
     backend: str = rule("auto", Choice(BACKENDS))
-    """MoE dispatch backend; auto: triton on CUDA, torch otherwise."""
+    """MoE dispatch backend: torch (sort-based reference), dense (all experts, masked), triton; auto: triton on CUDA, dense for small CPU problems, torch otherwise."""
 
     # --- federated learning ----------------------------------------------
     strategy: str = rule("fedmoe_da", Choice(STRATEGIES))
@@ -161,7 +161,7 @@ class ExperimentConfig:
     fedmoe_backbone: str = rule("server", Choice(CHANNELS))
     """FedMoE-DA: backbone channel, server (FedAvg) or local (never leaves the client)."""
     proxy: str = rule("gate", Choice(PROXIES))
-    """FedMoE-DA: expert proxy: gate row (paper), gate_delta (minus init), gate_centred (over pool), domain (oracle)."""
+    """FedMoE-DA: expert proxy: gate row (paper), gate_delta (minus init), gate_centred (over pool), gate_signature (client fingerprint + slot), domain (oracle)."""
     gate_init: str = rule("shared", Choice(GATE_INITS))
     """FedMoE-DA: all clients start from one gate initialisation (shared) or each from its own (per_client)."""
     sync: str = rule("every_round", Choice(SYNCS))
@@ -196,6 +196,8 @@ class ExperimentConfig:
     """Torch device for local training and evaluation."""
     threads: int = rule(1, Integer(1))
     """Torch intra-op threads of the run (on 2 busy cores, 2 threads are slower than 1)."""
+    dist_timeout: float = rule(30.0, Number(0, low_open=True))
+    """Under torchrun: seconds a rank waits for another before the run stops with an error naming it."""
     out: str | None = rule(None, Optional(OutDir()))
     """Run folder to write (config.json, history.csv, ledger.csv, summary.json); None: none."""
     checkpoint_every: int = rule(1, Integer(0))

@@ -57,7 +57,7 @@ def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: flo
     threshold = R.topk(min(P + 1, M), dim=1).values[:, -1:]                    # (M, 1)
     selected = R >= threshold - TIE_TOLERANCE                                  # (M, M) bool
     if min_correlation is not None:                                            # the guard, see above
-        selected &= (R > min_correlation) | torch.eye(M, dtype=torch.bool)
+        selected &= (R > min_correlation + TIE_TOLERANCE) | torch.eye(M, dtype=torch.bool)
     # Eq. 10: a_ij = exp(R_ij / tau) / sum_{l in S_i} exp(R_il / tau), 0 outside S_i
     logits = (R / tau).masked_fill(~selected, float("-inf"))
     return torch.softmax(logits, dim=1).float()                                # (M, M), rows sum to 1
@@ -95,6 +95,27 @@ def centre_by_slot(proxies: Tensor, num_experts: int) -> Tensor:
     M, d = proxies.shape
     by_slot = proxies.reshape(M // num_experts, num_experts, d)                 # (N, E, d)
     return (by_slot - by_slot.mean(dim=0, keepdim=True)).reshape(M, d)
+
+
+def signature_proxies(proxies: Tensor, num_experts: int) -> Tensor:
+    """Proxies (M, d) ordered (client, slot) -> [the client's whole gate, centred by slot, unit norm; one-hot(slot)].
+
+    The client part is a fingerprint of how the client's gate moved away from
+    what the pool shares; it is the same for all of a client's experts. The
+    slot part keeps experts aligned with the same slot of other clients (all
+    clients start from one initialisation, so slot e is the same function
+    everywhere at round 0). With both parts of unit norm, R between (k, e) and
+    (k', e) is (1 + c_kk') / 2 and between (k, e) and (k', e') is c_kk' / 2, c
+    being the cosine of the two client fingerprints: row i's top P are the same
+    slot of the clients whose gates moved most like its own. Measured on the
+    digit domains (issue 7), the per-row gate proxies match experts of the same
+    client or random clients; this one matches clients of the same domain.
+    """
+    M, d = proxies.shape
+    N = M // num_experts
+    centred = centre_by_slot(proxies, num_experts).reshape(N, num_experts * d)      # (N, E*d)
+    fingerprint = torch.nn.functional.normalize(centred, dim=1).repeat_interleave(num_experts, 0)  # (M, E*d)
+    return torch.cat([fingerprint, torch.eye(num_experts).repeat(N, 1)], dim=1)   # (M, E*d + E)
 
 
 def domain_proxies(home_domains: list[int], num_experts: int, num_domains: int) -> Tensor:
@@ -142,7 +163,8 @@ def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domain
         same_home = (home[:, None] == home[None, :]) & ~same_client
         out["domain_purity"] = _share(inter, same_home, inter.sum(1))
         chance = same_home.sum(1).double() / (~same_client).sum(1).double()     # (M,) per row
-        out["purity_chance"] = float(chance.mean())
+        has = inter.sum(1) > 0                                                  # the rows purity averages over
+        out["purity_chance"] = float(chance[has].mean()) if bool(has.any()) else float("nan")
     return out
 
 

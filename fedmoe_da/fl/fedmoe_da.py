@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, tensor_key
-from .aggregation import aggregate_experts, aggregation_matrix, centre_by_slot, domain_proxies, drop_absent, matrix_diagnostics
+from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, pool_key, tensor_key
+from .aggregation import (aggregate_experts, aggregation_matrix, centre_by_slot, domain_proxies, drop_absent,
+                          matrix_diagnostics, signature_proxies)
 from .p2p import ClientRows, fetch_plan, rows_for_client
 from .robust import expert_screen
 from .state import read_group
@@ -81,6 +82,8 @@ class FedMoEDA(Strategy):
             num_domains = max(self.home_domains) + 1
             return domain_proxies([self.home_domains[k] for k in pool], self.E, num_domains)
         rows = torch.cat([self.server_gates[l][k] for k in pool])               # (M, d)
+        if self.config.proxy == "gate_signature":
+            return signature_proxies(rows, self.E)
         return centre_by_slot(rows, self.E) if self.config.proxy == "gate_centred" else rows
 
     def aggregate(self, rnd, uploads) -> None:
@@ -103,8 +106,17 @@ class FedMoEDA(Strategy):
         return rows
 
     def matrices(self) -> dict[str, torch.Tensor]:
-        """The current A of every layer (for the run folder's matrices.npz)."""
-        return {matrix_group(l): A for l, A in enumerate(self.A) if A is not None}
+        """Per layer: the current A, the uploaded gates it came from (M, d) and the pool's clients, in A's row order.
+
+        With the gates, a notebook can recompute A for other P, tau or proxies (matrices.npz of the run folder).
+        """
+        out = {}
+        for l, A in enumerate(self.A):
+            if A is not None:
+                out[matrix_group(l)] = A
+                out[gate_group(l)] = torch.cat([self.server_gates[l][k] for k in self.pool[l]])   # (M, d)
+                out[pool_key(l)] = torch.tensor(self.pool[l])
+        return out
 
     def state_dict(self) -> dict:
         """The base state plus A, its pool and version per layer, the server's gates, the initial gates and the
