@@ -12,7 +12,7 @@ Defences: ``off`` (today's defaults), ``screen`` (``p2p_screen=2``, ``upload_scr
 Metric: the honest clients' mean personalised accuracy at the final round; ``drop`` is
 in points against the honest run without defences, over the same (honest) clients.
 
-    python benchmarks/liars.py                 # 48 runs, about 10 minutes on one core
+    python benchmarks/liars.py                 # 48 runs, about 13 minutes on one busy core
     python benchmarks/liars.py --smoke         # seconds: checks that the script runs
 """
 from __future__ import annotations
