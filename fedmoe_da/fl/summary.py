@@ -51,7 +51,8 @@ def summarize(history: pd.DataFrame, ledger: pd.DataFrame, rejections: pd.DataFr
     glob = final["global_accuracy"].mean()
     server = int(sum(by_channel.get(c, 0) for c in SERVER_CHANNELS))
     p2p = int(by_channel.get("p2p", 0))
-    discarded = 0 if rejections is None or rejections.empty else int((rejections["channel"] == "local").sum())
+    channels = pd.Series(dtype=object) if rejections is None or rejections.empty else rejections["channel"]
+    discarded, dropouts = int((channels == "local").sum()), int((channels == "dropout").sum())
     out = {
         "final_round": last,
         "final_acc_mean": float(final["personalised_accuracy"].mean()),
@@ -68,6 +69,7 @@ def summarize(history: pd.DataFrame, ledger: pd.DataFrame, rejections: pd.DataFr
         "rejected_transfers": int((~ledger["accepted"].astype(bool)).sum()) if len(ledger) else 0,
         "local_updates": int(history["participated"].sum()),
         "discarded_updates": discarded,
+        "dropouts": dropouts,
         "domain_purity_first": None, "domain_purity_mean": None, "purity_chance": None,
     }
     if aggregation is not None and not aggregation.empty and aggregation["domain_purity"].notna().any():
