@@ -193,6 +193,14 @@ def _resume(args: argparse.Namespace) -> int:
         flag_name(f.name) for f in dataclasses.fields(ExperimentConfig) if hasattr(args, f.name) and f.name != "progress"]
     if given:
         raise ConfigError(f"--resume takes the config from RUN_DIR/config.json: {given[0]} cannot be given with it")
+    from .fl import distributed
+
+    if distributed.launched():   # under torchrun: this process is one rank of the resumed run
+        from .fl.run_folder import RunFolder
+
+        config = RunFolder(args.resume).config().replace(out=str(args.resume))
+        config = config.replace(progress=args.progress) if hasattr(args, "progress") else config
+        return distributed.main(config, lambda result: _report(result.config, result), resume=True)
     from .fl.simulation import resume
 
     result = resume(args.resume, progress=getattr(args, "progress", None))
@@ -200,6 +208,10 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _run(config: ExperimentConfig) -> int:
+    from .fl import distributed
+
+    if distributed.launched():   # under torchrun: this process is one rank of the run (fl/distributed.py)
+        return distributed.main(config, lambda result: _report(result.config, result))
     from . import simulate
 
     return _report(config, simulate(config))
@@ -216,6 +228,10 @@ def _report(config: ExperimentConfig, result) -> int:
 
 
 def _compare(config: ExperimentConfig, strategies: tuple[str, ...], seeds: int) -> int:
+    from .fl.distributed import launched
+
+    if launched():
+        raise ConfigError("compare runs in one process; under torchrun, run one strategy per job with fedmoe-da run")
     import matplotlib
 
     matplotlib.use("Agg")

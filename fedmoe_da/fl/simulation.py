@@ -116,7 +116,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
     strategy.start(states)
     trainer = Trainer(model, config)
     rng = seeds.generator(config.seed, "participants")
-    folder = RunFolder(config.out) if config.out else None
+    folder = transport.folder(RunFolder(config.out)) if config.out else None
     if resume and folder:   # states, strategy and RNGs as after the checkpoint's round; the folder cut back to it
         done = checkpoint.restore(folder, config, states, strategy, rng, transport.ledger)
     else:
@@ -134,15 +134,21 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
         train_loss: dict[int, float] = {}
         strategy.begin_round(rnd, participants, states, transport)
         for k in participants:
+            if not transport.hosts(k):   # distributed: the rank that hosts k trains it
+                continue
             c = clients[k]
             new, loss = strategy.train(k, trainer, states[k], c.x_train, c.y_train,
                                        seeds.integer_seed(config.seed, "batches", rnd, k))
             if is_finite_state(new) and math.isfinite(loss):
                 states[k], train_loss[k] = new, loss
-            else:   # a diverged client keeps its previous state; the round goes on
+        train_loss = transport.trained(train_loss)
+        for k in participants:
+            if k not in train_loss:   # a diverged client keeps its previous state; the round goes on
                 transport.ledger.reject(rnd, k, k, "local", "all", "non-finite parameters after local training")
         strategy.communicate(rnd, participants, states, transport)
-        rows = evaluate_round(rnd, config, clients, states, trainer, strategy, participants, train_loss)
+        transport.settle(strategy)
+        rows = transport.evaluated(evaluate_round(rnd, config, [c for c in clients if transport.hosts(c.client)],
+                                                  states, trainer, strategy, participants, train_loss))
         history.extend(rows)
         new_diag = strategy.diagnostics()
         diagnostics.extend(new_diag)
