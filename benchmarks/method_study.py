@@ -9,10 +9,14 @@ lb_coef, the zero-correlation guard, backbone channel), on two partitions:
 ``domain`` (each client one home domain, all labels) and ``domain_dirichlet``
 (home domain x Dirichlet(0.5) labels).
 
-Stage 2 (test, seeds 0-2): the two best FedMoE-DA candidates from stage 1 (the
-best screened variant, and the base with the best level of every factor),
-FedMoE-DA with the paper's gate proxy, and every baseline (FedAvg, FedProx,
-FedPer, FedRep, Ditto, Local), on both partitions, reported once.
+Stage 1b (refine, same split): one factor at a time around the best variant of
+stage 1, over the knobs that decide how much is shared (P, tau, I, schedule).
+
+Stage 2 (test, seeds 0-2): the chosen FedMoE-DA (the best variant of stages 1
+and 1b by mean validation accuracy over both partitions; the oracle proxy is
+not a candidate), FedMoE-DA with the paper's gate proxy, and every baseline (FedAvg, FedProx,
+FedPer, FedRep, Ditto, Local), on the ``domain`` partition (the regime the
+method targets; both partitions did not fit the two-hour budget), reported once.
 
 Writes ``screen.csv`` and ``test.csv`` (one row per run: its settings, final and
 best personalised accuracy, std over clients, worst 10%, server / P2P / total
@@ -37,6 +41,7 @@ BASE = dict(dataset="digit_domains", num_clients=20, max_samples=3200, test_frac
             rounds=30, local_epochs=3, batch_size=16, lr=3e-3, lb_coef=0.0, strategy="fedmoe_da",
             proxy="gate_signature", gate_init="shared", P=3, tau=0.1, I=1, sync="every_round", progress=False)
 PARTITIONS = ("domain", "domain_dirichlet")
+TEST_PARTITIONS = ("domain",)   # the regime the method targets: each client one home domain, little data
 FACTORS = {   # field -> levels screened besides the base level
     "proxy": ["gate", "gate_delta", "gate_centred", "domain"],
     "gate_init": ["per_client"],
@@ -47,6 +52,12 @@ FACTORS = {   # field -> levels screened besides the base level
     "lb_coef": [1e-2],
     "min_correlation": [0.0],
     "fedmoe_backbone": ["local"],
+}
+REFINE = {    # stage 1b: around the best variant of stage 1, the knobs that decide how much is shared
+    "P": [1, 8, 19],
+    "tau": [0.03, 0.5],
+    "I": [5],
+    "sync": ["refresh"],
 }
 BASELINES = ("fedavg", "fedprox", "fedper", "fedrep", "ditto", "local")
 METRICS = ("final_acc_mean", "final_acc_std", "final_acc_worst10", "best_acc_mean", "best_round", "server_bytes",
@@ -69,6 +80,12 @@ def run_all(jobs: list[dict], path: Path, workers: int) -> pd.DataFrame:
     """Run the jobs not yet in ``path`` (keyed by stage, name, partition, seed), appending each row as it ends."""
     done = pd.read_csv(path) if path.exists() else pd.DataFrame()
     key = lambda j: (j["stage"], j["name"], j["partition"], int(j["seed"]))  # noqa: E731
+    wanted = {key(j) for j in jobs}
+    if len(done) and any(key(r) not in wanted for r in done.to_dict("records")):
+        keep = [key(r) in wanted for r in done.to_dict("records")]        # rows of a previous design: dropped
+        print(f"{path.name}: dropping {len(keep) - sum(keep)} rows that are not in this design", flush=True)
+        done = done[keep]
+        done.to_csv(path, index=False)
     have = {key(r) for r in done.to_dict("records")} if len(done) else set()
     todo = [j for j in jobs if key(j) not in have]
     print(f"{path.name}: {len(have)} done, {len(todo)} to run", flush=True)
@@ -90,37 +107,46 @@ def screen_jobs() -> list[dict]:
     return jobs
 
 
-def candidates(screen: pd.DataFrame) -> dict[str, dict]:
-    """From the screen (mean validation accuracy over both partitions): the best variant, and the base
-    with every factor at its best level (levels that beat the base only)."""
-    score = screen.groupby("name")["final_acc_mean"].mean()
-    screened = score.drop("proxy=domain", errors="ignore")                # the oracle is not a candidate
-    best_name = screened.idxmax()
-    best = {} if best_name == "base" else _changes(best_name)
-    combined = {}
-    for field in FACTORS:
-        levels = {n: s for n, s in screened.items() if n.startswith(f"{field}=")}
-        if levels and max(levels.values()) > score["base"]:
-            combined.update(_changes(max(levels, key=levels.get)))
-    out = {"fedmoe_da[best]": best}
-    if combined != best:
-        out["fedmoe_da[combined]"] = combined
+def best_variant(rows: pd.DataFrame) -> tuple[str, float]:
+    """The variant with the best mean validation accuracy over both partitions (the oracle excluded)."""
+    score = rows.groupby("name")["final_acc_mean"].mean().drop("proxy=domain", errors="ignore")
+    return score.idxmax(), float(score.max())
+
+
+def changes_of(name: str) -> dict:
+    """'proxy=gate' -> {'proxy': 'gate'}; 'proxy=gate,P=8' -> both; 'base' -> {}."""
+    if name == "base":
+        return {}
+    out = {}
+    for item in name.split(","):
+        field, value = item.split("=", 1)
+        levels = FACTORS.get(field, []) + REFINE.get(field, [])
+        out[field] = next(v for v in levels if str(v) == value)
     return out
 
 
-def _changes(name: str) -> dict:
-    field, value = name.split("=", 1)
-    level = next(v for v in FACTORS[field] if str(v) == value)
-    return {field: level}
+def refine_jobs(best: dict) -> list[dict]:
+    """Stage 1b: one factor at a time around the best variant of stage 1 (levels equal to it are skipped)."""
+    jobs = []
+    around = {**BASE, **best}
+    prefix = ",".join(f"{k}={v}" for k, v in best.items())
+    for partition in PARTITIONS:
+        common = dict(stage="refine", partition=partition, seed=0, eval_split="validation", **best)
+        for field, levels in REFINE.items():
+            jobs += [{**common, "name": ",".join(filter(None, [prefix, f"{field}={v}"])), field: v}
+                     for v in levels if around[field] != v]
+    return jobs
 
 
 def test_jobs(cands: dict[str, dict], seeds: int) -> list[dict]:
+    """Stage 2: the chosen FedMoE-DA, the paper's gate proxy (if not the chosen one) and every baseline."""
     jobs = []
-    for partition in PARTITIONS:
+    for partition in TEST_PARTITIONS:
         for seed in range(seeds):
             common = dict(stage="test", partition=partition, seed=seed, eval_split="test")
             jobs += [{**common, "name": name, **changes} for name, changes in cands.items()]
-            jobs.append({**common, "name": "fedmoe_da[paper gate proxy]", "proxy": "gate"})
+            if {**BASE, **cands["fedmoe_da[chosen]"]} != {**BASE, "proxy": "gate"}:
+                jobs.append({**common, "name": "fedmoe_da[paper gate proxy]", "proxy": "gate"})
             jobs += [{**common, "name": b, "strategy": b} for b in BASELINES]
     return jobs
 
@@ -128,17 +154,24 @@ def test_jobs(cands: dict[str, dict], seeds: int) -> list[dict]:
 def report(out: Path) -> str:
     """summary.md: the screen (validation) and the test stage (mean ± std over seeds), per partition."""
     lines = []
-    screen = pd.read_csv(out / "screen.csv")
-    lines += ["### Screen (seed 0, validation split: each client's own held-out 20%)", "",
-              "| variant | " + " | ".join(PARTITIONS) + " | purity of A (first refresh) |", "|---|" + "---|" * (len(PARTITIONS) + 1)]
+    screen = pd.concat([pd.read_csv(out / f) for f in ("screen.csv", "refine.csv") if (out / f).exists()])
+    lines += ["### Screen (seed 0, validation split: each client's own held-out 20%; refine rows vary the best variant)",
+              "", "| variant | " + " | ".join(PARTITIONS) + " | purity of A (first refresh) |",
+              "|---|" + "---|" * (len(PARTITIONS) + 1)]
     for name, part in screen.groupby("name", sort=False):
         accs = [part.loc[part["partition"] == p, "final_acc_mean"] for p in PARTITIONS]
         purity = part["domain_purity_first"].mean()
         lines.append(f"| {name} | " + " | ".join(f"{a.mean():.3f}" if len(a) else "–" for a in accs)
                      + f" | {'–' if pd.isna(purity) else f'{purity:.2f}'} |")
+    base = ", ".join(f"{k}={v}" for k, v in BASE.items() if k != "progress")
+    lines += ["", f"Base point: {base}."]
+    if (out / "study.json").exists():
+        study = json.loads((out / "study.json").read_text())
+        lines.append(f"Chosen on validation (mean over both partitions): `{study['chosen']}` "
+                     f"({study['chosen_validation_accuracy']:.3f}); `fedmoe_da[chosen]` below is the base with that change.")
     if (out / "test.csv").exists():
         test = pd.read_csv(out / "test.csv")
-        for partition in PARTITIONS:
+        for partition in TEST_PARTITIONS:
             t = test[test["partition"] == partition]
             fedavg = t[t["name"] == "fedavg"][["server_bytes", "total_bytes"]].mean()
             lines += ["", f"### Test, partition `{partition}` ({t['seed'].nunique()} seeds, mean ± std over seeds)", "",
@@ -175,11 +208,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     screen = run_all(screen_jobs(), out / "screen.csv", args.jobs)
-    cands = candidates(screen[screen["stage"] == "screen"])
-    print("candidates:", cands, flush=True)
+    best1, _ = best_variant(screen)
+    refine = run_all(refine_jobs(changes_of(best1)), out / "refine.csv", args.jobs)
+    chosen, score = best_variant(pd.concat([screen, refine]))
+    cands = {"fedmoe_da[chosen]": changes_of(chosen)}
+    print(f"chosen on validation: {chosen} ({score:.3f})", flush=True)
     run_all(test_jobs(cands, args.seeds), out / "test.csv", args.jobs)
     (out / "study.json").write_text(json.dumps(
-        {"base": BASE, "partitions": PARTITIONS, "factors": FACTORS, "baselines": BASELINES, "candidates": cands,
+        {"base": BASE, "partitions": PARTITIONS, "test_partitions": TEST_PARTITIONS, "factors": FACTORS, "refine": REFINE, "baselines": BASELINES, "stage1_best": best1,
+         "chosen": chosen, "chosen_validation_accuracy": score, "candidates": cands,
          "seeds": args.seeds, "jobs": args.jobs, "wall_seconds_last_call": round(time.time() - start),
          "versions": versions()}, indent=2, default=str))
     print(report(out))

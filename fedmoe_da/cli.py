@@ -21,10 +21,9 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import Bool, Choice, ConfigError, ExperimentConfig, describe_fields, parse_value, read_config_file
+from .config import COMPARE_STRATEGIES, Bool, Choice, ConfigError, ExperimentConfig, describe_fields, parse_value, read_config_file
 
 ALIASES = {"num_clients": ["--clients"]}   # older spellings kept working
-COMPARE_STRATEGIES = ("fedmoe_da", "fedavg", "local")
 PRECEDENCE = ("Precedence: the defaults, then --config FILE, then --smoke shrinks the sizes (never P, I, tau, lr, "
               "...), then the flags given on the command line win. --out defaults to runs/<command>.")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, ExperimentConfig, parse_value
+from .config import COMPARE_STRATEGIES, ConfigError, ExperimentConfig, parse_value
 from .fl.checkpoint import resumable
 from .fl.run_folder import versions
 from .fl.simulation import simulate
@@ -49,7 +49,7 @@ def run_or_load(config: ExperimentConfig) -> SimulationResult:
     return simulate(config, resume=resumable(config))
 
 
-def compare(config: ExperimentConfig, strategies=("fedmoe_da", "fedavg", "local"),
+def compare(config: ExperimentConfig, strategies=COMPARE_STRATEGIES,
             seeds: int = 1) -> tuple[pd.DataFrame, list[SimulationResult]]:
     """Run each strategy entry on the same partition (same seed) for ``seeds`` seeds; returns (table, results).
 

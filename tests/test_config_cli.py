@@ -23,7 +23,7 @@ import torch
 
 from fedmoe_da import cli, simulate
 from fedmoe_da import config as config_module
-from fedmoe_da.config import (DATASETS, DIGIT_DOMAINS, DOMAINS, STRATEGIES, ConfigError, ExperimentConfig,
+from fedmoe_da.config import (COMPARE_STRATEGIES, DATASETS, DIGIT_DOMAINS, DOMAINS, STRATEGIES, ConfigError, ExperimentConfig,
                               describe_fields, reference_table)
 from fedmoe_da.rules import Bool, Choice
 
@@ -51,7 +51,7 @@ BAD = [
     # fields for the baselines and FedMoE-DA's options
     ("proxy", "nope"), ("gate_init", "nope"), ("sync", "nope"), ("min_correlation", 1.0),
     ("min_correlation", -1.5), ("min_correlation", math.nan), ("ditto_lambda", -0.1), ("ditto_lambda", math.inf),
-    ("head_epochs", -1), ("threads", 0), ("domains", ("mnist",)),
+    ("head_epochs", -1), ("threads", 0), ("domains", ("rotate",)),
 ]
 
 
@@ -81,8 +81,9 @@ def test_message_says_what_is_allowed():
 def test_domains_are_checked_against_the_dataset():
     assert ExperimentConfig(dataset="digit_domains", domains=("mnist", "synth")).validate()
     assert ExperimentConfig(dataset="digit_domains").validate().domain_names() == DIGIT_DOMAINS
-    assert ExperimentConfig().validate().domain_names() == DOMAINS
-    assert ExperimentConfig(domains=["rotate", "blur"]).domains == ("rotate", "blur")   # JSON lists become tuples
+    assert ExperimentConfig().validate().domain_names() == DIGIT_DOMAINS          # the default dataset's own
+    assert ExperimentConfig(dataset="digits").validate().domain_names() == DOMAINS
+    assert ExperimentConfig(domains=["mnist", "synth"]).domains == ("mnist", "synth")   # JSON lists become tuples
     with pytest.raises(ConfigError, match=r"config\.domains=\('rotate',\) is invalid: .*mnist, usps, mnistm, synth"):
         ExperimentConfig(dataset="digit_domains", domains=("rotate",)).validate()
     with pytest.raises(ConfigError, match=r"config\.domains=\('usps',\) is invalid: .*original, rotate"):
@@ -135,7 +136,7 @@ def test_more_clients_than_samples_is_config_error():
 
 
 def test_defaults_and_smoke_are_valid_and_round_trip():
-    for config in (ExperimentConfig(), ExperimentConfig().smoke(), ExperimentConfig(domains=("rotate", "blur"))):
+    for config in (ExperimentConfig(), ExperimentConfig().smoke(), ExperimentConfig(dataset="digits", domains=("rotate", "blur"))):
         assert config.validate() is config
         assert ExperimentConfig.from_dict(config.to_dict()) == config
         assert ExperimentConfig.from_dict(json.loads(config.to_json())) == config
@@ -228,7 +229,7 @@ def test_flags_aliases_and_types(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = cli._parser().parse_args([
         "run", "--clients", "3", "--P", "2", "--tau", "0.5", "--I", "2", "--no-progress", "--out", "o",
-        "--domains", "rotate,blur", "--max-samples", "none", "--capacity-factor", "1.5", "--min-correlation", "0",
+        "--dataset", "digits", "--domains", "rotate,blur", "--max-samples", "none", "--capacity-factor", "1.5", "--min-correlation", "0",
         "--fedmoe-backbone", "local", "--proxy", "gate_delta", "--seed", "9223372036854775807", "--threads", "2"])
     config, _ = cli._config(args)
     assert (config.num_clients, config.P, config.tau, config.I) == (3, 2, 0.5, 2)
@@ -332,7 +333,7 @@ CATALOGUE = [
     (["run", "--proxy", "nope"], "argument --proxy: invalid choice"),
     (["run", "--device", "tpu"], "config.device='tpu'"),
     (["run", "--threads", "0"], "config.threads=0"),
-    (["run", "--domains", "rotate,rotate"], "config.domains=('rotate', 'rotate') is invalid"),
+    (["run", "--dataset", "digits", "--domains", "rotate,rotate"], "config.domains=('rotate', 'rotate') is invalid"),
     (["run", "--domains", ""], "config.domains=()"),
     (["run", "--dataset", "digit_domains", "--domains", "rotate"], "mnist, usps, mnistm, synth"),
     (["run", "--min-correlation", "1"],
@@ -442,7 +443,7 @@ def test_compare_smoke_writes_table_and_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     table = pd.read_csv(out / "comparison.csv")
-    assert table["strategy"].tolist() == ["fedmoe_da", "fedavg", "local"]
+    assert table["strategy"].tolist() == list(COMPARE_STRATEGIES)
     local = table.set_index("strategy").loc["local"]
     assert local["server_MB"] == 0 and local["p2p_MB"] == 0
     assert table.set_index("strategy").loc["fedavg", "server_vs_fedavg"] == pytest.approx(1.0)
@@ -450,6 +451,6 @@ def test_compare_smoke_writes_table_and_plot(tmp_path):
     assert md.startswith("| strategy |") and all(s in md for s in ("fedmoe_da", "fedavg", "local"))
     png = (out / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    for s in ("fedmoe_da", "fedavg", "local"):
+    for s in COMPARE_STRATEGIES:
         assert (out / s / "seed0" / "history.csv").is_file()
     assert "vs FedAvg" in proc.stdout

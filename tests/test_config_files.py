@@ -14,9 +14,9 @@ import pytest
 from fedmoe_da import cli
 from fedmoe_da.config import ConfigError, ExperimentConfig, read_config_file
 
-FIELDS = {"strategy": "fedavg", "rounds": 5, "num_clients": 10, "P": 3, "tau": 0.5, "alpha": 1,
+FIELDS = {"dataset": "digits", "strategy": "fedavg", "rounds": 5, "num_clients": 10, "P": 3, "tau": 0.5, "alpha": 1,
           "domains": ["rotate", "blur"], "min_correlation": 0.2}
-TOML = 'strategy = "fedavg"\nrounds = 5\nnum_clients = 10\nP = 3\ntau = 0.5\nalpha = 1\n' \
+TOML = 'dataset = "digits"\nstrategy = "fedavg"\nrounds = 5\nnum_clients = 10\nP = 3\ntau = 0.5\nalpha = 1\n' \
        'domains = ["rotate", "blur"]\nmin_correlation = 0.2\n'
 
 

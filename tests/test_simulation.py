@@ -26,7 +26,8 @@ INPUT_SHAPE = (1, 8, 8)   # the embedded digits
 
 
 def smoke(**changes) -> ExperimentConfig:
-    return ExperimentConfig(progress=False, backend="torch", seed=0).smoke().replace(**changes)
+    """Smoke-sized runs on the tiny 8x8 digits (INPUT_SHAPE): these tests are about communication, not data."""
+    return ExperimentConfig(dataset="digits", progress=False, backend="torch", seed=0).smoke().replace(**changes)
 
 
 class Spy:
