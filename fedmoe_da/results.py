@@ -5,7 +5,7 @@
 
 A strategy entry is a strategy name, optionally followed by ``:field=value``
 overrides (e.g. ``fedmoe_da:proxy=gate:P=3``); the entry is the run's label.
-Runs go to ``out/<label>/seed<s>/`` (run folders, ``fl/run_folder.py``); a
+Runs go to ``out/<label>/seed<s>/`` (``:`` written ``+``) (run folders, ``fl/run_folder.py``); a
 run whose folder already holds a finished run of the same config is read
 back instead of run again, so an interrupted ``compare`` resumes.
 
@@ -43,6 +43,11 @@ def parse_entry(entry: str, config: ExperimentConfig) -> ExperimentConfig:
     return config.replace(**changes).validate()
 
 
+def folder_name(entry: str) -> str:
+    """A strategy entry as a folder name that every file system takes: 'fedmoe_da:proxy=gate' -> 'fedmoe_da+proxy=gate'."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "+", entry)
+
+
 def run_or_load(config: ExperimentConfig) -> SimulationResult:
     """``simulate(config)``, unless ``config.out`` already holds a run of this config: a finished one is read
     back, an unfinished one continues from its checkpoint (``fl/checkpoint.py``; ``progress`` may differ)."""
@@ -66,7 +71,7 @@ def compare(config: ExperimentConfig, strategies=COMPARE_STRATEGIES,
     results = []
     for s in range(seeds):
         for c in configs:
-            out = None if config.out is None else str(Path(config.out) / c.label / f"seed{config.seed + s}")
+            out = None if config.out is None else str(Path(config.out) / folder_name(c.label) / f"seed{config.seed + s}")
             results.append(run_or_load(c.replace(seed=config.seed + s, out=out)))
     table = comparison_table(results)
     if config.out:

@@ -25,6 +25,7 @@ from fedmoe_da import cli, simulate
 from fedmoe_da import config as config_module
 from fedmoe_da.config import (COMPARE_STRATEGIES, DATASETS, DIGIT_DOMAINS, DOMAINS, STRATEGIES, ConfigError, ExperimentConfig,
                               describe_fields, reference_table)
+from fedmoe_da.results import folder_name
 from fedmoe_da.rules import Bool, Choice
 
 VENV_BIN = Path(sys.executable).parent
@@ -452,5 +453,5 @@ def test_compare_smoke_writes_table_and_plot(tmp_path):
     png = (out / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     for s in COMPARE_STRATEGIES:
-        assert (out / s / "seed0" / "history.csv").is_file()
+        assert (out / folder_name(s) / "seed0" / "history.csv").is_file()
     assert "vs FedAvg" in proc.stdout
