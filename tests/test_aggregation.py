@@ -193,11 +193,16 @@ E, N = 4, 3
 NUM_TRAIN = [10, 20, 30]
 
 
-def tiny_setup(**changes):
+def tiny_model(**changes):
+    """A tiny CNN (E experts) for 8x8 inputs and its config; seeded."""
     cfg = ExperimentConfig(num_experts=E, top_k=2, d_model=8, expert_hidden=6, P=3, tau=0.5, I=2,
                            backend="torch", model="cnn").replace(**changes)
     torch.manual_seed(0)
-    model = models.build(cfg, (1, 8, 8), 10)
+    return cfg, models.build(cfg, (1, 8, 8), 10)
+
+
+def tiny_setup(**changes):
+    cfg, model = tiny_model(**changes)
     return cfg, get_state(model), models.param_groups(model)
 
 

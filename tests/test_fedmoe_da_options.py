@@ -25,17 +25,14 @@ from fedmoe_da.fl.simulation import initial_states
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import FedMoEDA
 from fedmoe_da.fl.transport import SERVER
-from test_aggregation import close, cos, ref_matrix  # the loop references of Eq. 8-10
+from test_aggregation import close, cos, ref_matrix, tiny_model  # the loop references of Eq. 8-10
 
-E, N = 4, 3
+E, N = 4, 3   # as in test_aggregation's tiny_model
 NUM_TRAIN = [10, 20, 30]
 
 
 def tiny_setup(**changes):
-    cfg = ExperimentConfig(num_experts=E, top_k=2, d_model=8, expert_hidden=6, P=3, tau=0.5, I=2,
-                           backend="torch", model="cnn").replace(**changes)
-    torch.manual_seed(0)
-    model = models.build(cfg, (1, 8, 8), 10)
+    cfg, model = tiny_model(**changes)
     return cfg, model, get_state(model), models.param_groups(model)
 
 
