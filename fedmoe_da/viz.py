@@ -16,10 +16,15 @@ from .models.names import routed_columns
 
 
 def accuracy_per_round(histories: list[pd.DataFrame]) -> pd.DataFrame:
-    """Mean and std over clients of personalised accuracy, per (strategy, round), averaged over seeds."""
+    """Mean and std over clients of personalised accuracy, per (strategy, round), averaged over seeds.
+
+    Strategies keep the order in which they first appear (the comparison table's order)."""
     h = pd.concat(histories, ignore_index=True)
+    order = {name: i for i, name in enumerate(dict.fromkeys(h["strategy"]))}
     per_seed = h.groupby(["strategy", "seed", "round"])["personalised_accuracy"].agg(["mean", "std"]).reset_index()
-    return per_seed.groupby(["strategy", "round"])[["mean", "std"]].mean().reset_index()
+    out = per_seed.groupby(["strategy", "round"])[["mean", "std"]].mean().reset_index()
+    return out.sort_values(["strategy", "round"], key=lambda c: c.map(order) if c.name == "strategy" else c,
+                           ignore_index=True)
 
 
 def cumulative_bytes(ledgers: dict[tuple[str, int], pd.DataFrame], rounds: int) -> pd.DataFrame:
@@ -63,7 +68,7 @@ def plot_comparison(results) -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    df = acc.merge(comm, on=["strategy", "round"], how="outer")
+    df = acc.merge(comm, on=["strategy", "round"], how="left")   # in the order of the table
     return fig, axes, df
 
 
