@@ -245,7 +245,10 @@ class DistributedTransport(Transport):
             raise RankFailure(self.where, None, exc) from exc
 
     def close(self) -> None:
+        """Leave together: a rank that tears gloo down while a peer still talks to it can abort at exit
+        ("terminate called without an active exception"), so every rank passes a barrier first."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     def _kill_round(self) -> int | None:
@@ -634,7 +637,8 @@ def _raise_terminated(signum, frame):
 
 
 def main(config: ExperimentConfig, report: Callable, resume: bool = False) -> int:
-    """``fedmoe-da run`` on one rank of a torchrun job; returns the exit code (``report``'s on rank 0).
+    """``fedmoe-da run`` on one rank of a torchrun job; the process ends here with the exit code (``report``'s
+    on rank 0), through ``os._exit`` once the group is closed and the output flushed.
 
     A fresh run, or a resumed one: with ``resume`` (``--resume``), or on a restart (torchrun
     ``--max-restarts``) when the run folder holds a checkpoint of this config; rank 0 decides for all.
@@ -656,7 +660,9 @@ def main(config: ExperimentConfig, report: Callable, resume: bool = False) -> in
         code = report(result) if transport.rank == 0 else 0
         _stats(transport, result, time.perf_counter() - begin)
         transport.close()
-        return code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)   # gloo's threads can abort a normal interpreter teardown; everything is written by now
     except (RankFailure, Terminated) as exc:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)   # the report takes at most PROBE_SECONDS; then we exit
         if transport is None or transport.claim_report():
