@@ -148,11 +148,8 @@ class Device(Rule):
 
 
 @dataclass(frozen=True)
-class OutDir(Rule):
+class OutDir(String):
     """A folder that exists or can be created: checked on disk, nothing is created."""
-
-    def accepts(self, value):
-        return isinstance(value, str) and value != ""
 
     def describe(self):
         return "a path to a writable folder that exists or can be created"

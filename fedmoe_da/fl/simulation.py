@@ -156,8 +156,8 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
             matrices.update({matrix_key(rnd, g): A.numpy() for g, A in strategy.matrices().items()})  # type: ignore[attr-defined]
         if folder:
             folder.append(HISTORY, pd.DataFrame(rows))
-            folder.append(LEDGER, transport.ledger.to_frame().iloc[written[LEDGER]:])
-            folder.append(REJECTIONS, transport.ledger.rejections().iloc[written[REJECTIONS]:])
+            folder.append(LEDGER, transport.ledger.to_frame(written[LEDGER]))   # this round's rows only
+            folder.append(REJECTIONS, transport.ledger.rejections(written[REJECTIONS]))
             folder.append(AGGREGATION, pd.DataFrame(new_diag))
             if new_diag:
                 folder.save_matrices(matrices)

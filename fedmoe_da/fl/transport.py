@@ -75,11 +75,13 @@ class CommLedger:
     def reject(self, round: int, src: int, dst: int, channel: str, group: str, reason: str) -> None:
         self.rejected.append((round, src, dst, channel, group, reason))
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=LEDGER_COLUMNS)
+    def to_frame(self, start: int = 0) -> pd.DataFrame:
+        """The transfers from row ``start`` on (all by default)."""
+        return pd.DataFrame(self.rows[start:], columns=LEDGER_COLUMNS)
 
-    def rejections(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rejected, columns=REJECTION_COLUMNS)
+    def rejections(self, start: int = 0) -> pd.DataFrame:
+        """The rejections from row ``start`` on (all by default)."""
+        return pd.DataFrame(self.rejected[start:], columns=REJECTION_COLUMNS)
 
 
 class Transport:
