@@ -1,7 +1,7 @@
 """Peers that lie: what one liar out of ten (two out of twenty) costs the honest clients, with and without the screens.
 
-A liar trains honestly but replaces what it *sends* (the transport's tamper hook
-changes the payload in flight; its own model stays honest):
+A liar trains honestly but replaces what it *sends* (``fedmoe_da/fl/liars.py``: the transport's
+tamper hook changes the payload in flight; its own model stays honest):
 
     noise_experts    every expert it sends becomes N(0, 1e3^2) noise  (FedAvg: uploads; FedMoE-DA: P2P)
     scaled_experts   every expert it sends is multiplied by 100
@@ -22,46 +22,29 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from fedmoe_da import simulate
 from fedmoe_da.config import ExperimentConfig
-from fedmoe_da.fl import InProcessTransport
+from fedmoe_da.fl.liars import ATTACKS, honest_outcome, simulate_with_liars
 
-ATTACKS = ("noise_experts", "scaled_experts", "noise_backbone")
 DEFENCES = {"off": {}, "screen": {"p2p_screen": 2.0, "upload_screen": 2.0}, "median": {"server_aggregate": "median"}}
 SCENARIOS = ((10, 0), (10, 1), (20, 0), (20, 2))        # (clients, liars); liars are clients 0 .. liars-1
 STRATEGIES = ("fedavg", "fedmoe_da")
 OUT = Path(__file__).parent / "results" / "liars"
 
 
-def liar_hook(liars: set[int], attack: str, seed: int = 0):
-    """The tamper hook of a run in which the clients ``liars`` send ``attack`` instead of their parameters."""
-    gen = torch.Generator().manual_seed(seed)
-    kind = "backbone" if attack == "noise_backbone" else "expert"
-
-    def tamper(src, dst, group, payload):
-        if src not in liars or not group.startswith(kind):
-            return payload
-        if attack == "scaled_experts":
-            return {n: 100.0 * t for n, t in payload.items()}
-        return {n: 1e3 * torch.randn(t.shape, generator=gen) for n, t in payload.items()}
-    return tamper
-
-
 def run_one(base: ExperimentConfig, strategy: str, clients: int, liars: int, attack: str, defence: str) -> dict:
     cfg = base.replace(strategy=strategy, num_clients=clients, **DEFENCES[defence])
     liar_ids = set(range(liars))
-    transport = InProcessTransport(tamper=liar_hook(liar_ids, attack, cfg.seed) if liars else None)
     t0 = time.perf_counter()
-    result = simulate(cfg, transport)
+    result = simulate_with_liars(cfg, liar_ids, attack)
     seconds = time.perf_counter() - t0
-    h, rej = result.history, result.rejections
+    h = result.history
     final = h[h["round"] == h["round"].max()]
+    outcome = honest_outcome(result, liar_ids)
     return {"strategy": strategy, "clients": clients, "liars": liars, "attack": attack if liars else "none",
             "defence": defence, "final_acc": final.set_index("client")["personalised_accuracy"].to_dict(),
-            "rejected_from_liars": int(rej["src"].isin(liar_ids).sum()),
-            "rejected_from_honest": int((~rej["src"].isin(liar_ids)).sum()), "seconds": round(seconds, 1)}
+            "rejected_from_liars": outcome["rejected_from_liars"],
+            "rejected_from_honest": outcome["rejected_from_honest"], "seconds": round(seconds, 1)}
 
 
 def main() -> None:
