@@ -1,24 +1,49 @@
-"""Simulator throughput: seconds per round and peak memory for 10, 50 and 200 clients.
+"""Simulator throughput: seconds per round, peak RSS and training GFLOP/s for 20 to 1,000 clients.
 
-    python benchmarks/sim_throughput.py                 # 10, 50, 200 clients, 5 rounds each
-    python benchmarks/sim_throughput.py --clients 20 --rounds 10
+    python benchmarks/sim_throughput.py                                  # 20, 100, 200, 1000 clients, 20 rounds
+    python benchmarks/sim_throughput.py --clients 20 100 --rounds 5 --engine stacked loop --repeats 2
 
-Each size runs in a fresh subprocess so its peak RSS is its own. Memory must
-not grow with rounds: the script also prints the RSS after the first and the
-last round (clients hold parameter states, one model is shared). Writes a CSV
-with the device and package versions beside it.
+Each (size, engine, repeat) runs ``simulate(config)`` in a fresh subprocess, so its peak RSS is its own;
+with several engines the runs alternate (A, B, A, B) so that a change in the machine's load hits both.
+The workload is the package's default config but for the sizes: all of the data set (``max_samples``
+None: the total work per round stays the same as clients grow, only the per-client overhead grows) and
+``domain_purity`` 1 with ``min_samples`` 1, which is what lets 1,000 clients each get data (about 5
+training images each); strategy ``fedmoe_da``, one torch thread.
+
+Rounds are timed by hooks around the runner, nothing in it changes: the strategy's ``begin_round`` and
+``communicate`` and the runner's ``evaluate_round`` mark the start of a round, the end of local training,
+the end of communication and the end of evaluation; the RSS is read after every round. Reported per run
+(medians over rounds 2..R; round 1 is also given):
+
+* ``s_per_round`` (whole round), ``train_s``, ``comm_s``, ``eval_s``;
+* ``rss_growth_pct``: RSS after the last round over RSS after round 2;  ``peak_rss_mb``: the process's peak;
+* ``train_gflops``: training FLOPs per round / training seconds per round. FLOPs per training sample are
+  counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward of a batch of the real
+  model and data (what the dispatch backend executes, optimizer step not counted), times the samples a round
+  trains (participants' training sets x local_epochs);
+* ``matmul_peak_gflops``: the best single-thread fp32 ``torch.mm`` of 512..1024 squares, measured in the
+  same process just before the run; ``pct_of_peak`` = train_gflops / it.
+
+Writes ``<out>/sim_throughput.csv`` (one row per run), ``<out>/rounds.csv`` (one row per run and round)
+and ``<out>/sim_throughput.json`` (config, machine, load averages, package versions).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+SIZES = (20, 100, 200, 1000)
+WORKLOAD = {"max_samples": None, "min_samples": 1, "domain_purity": 1.0, "progress": False, "threads": 1}
+"""Fields the benchmark sets beyond num_clients, rounds, strategy and engine (why: the module docstring)."""
 
 
 def rss_mb() -> float:
@@ -26,74 +51,236 @@ def rss_mb() -> float:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def one(clients: int, rounds: int, strategy: str, max_samples: int | None) -> dict:
+def engines_available() -> tuple[str, ...] | None:
+    """The config's engine choices, or None when ExperimentConfig has no ``engine`` field (only the loop exists)."""
+    from fedmoe_da import config as config_mod
+
+    if "engine" not in {f.name for f in dataclasses.fields(config_mod.ExperimentConfig)}:
+        return None
+    return tuple(getattr(config_mod, "ENGINES", ("stacked", "loop")))
+
+
+def make_config(clients: int, rounds: int, strategy: str, engine: str, **fields):
+    """The benchmark's config; ``engine`` is passed through when the config has the field, else it must be loop."""
+    from fedmoe_da.config import ConfigError, ExperimentConfig
+
+    extra = {}
+    if engines_available() is not None:
+        extra["engine"] = engine
+    elif engine != "loop":
+        raise ConfigError(f"engine={engine!r} is invalid: this checkout's ExperimentConfig has no engine field; "
+                          "only 'loop' runs")
+    return ExperimentConfig(num_clients=clients, rounds=rounds, strategy=strategy, **fields, **extra).validate()
+
+
+def matmul_peak_gflops(sizes=(512, 768, 1024), repeats: int = 5) -> float:
+    """Best single-thread fp32 torch.mm GFLOP/s over square sizes (2 n^3 flops each)."""
     import torch
 
-    from fedmoe_da.config import ExperimentConfig
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = 0.0
+        for n in sizes:
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            torch.mm(a, b)                                   # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                torch.mm(a, b)
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        return best
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_flops_per_sample(config) -> float:
+    """FLOPs of one training sample (forward + backward of one batch of the real model and data, / batch size)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedmoe_da import data as data_mod
+    from fedmoe_da import models
+
+    dataset = data_mod.build(config)
+    model = models.build(config, dataset.input_shape, dataset.num_classes)
+    x, y = dataset.x_train[:config.batch_size], dataset.y_train[:config.batch_size]
+    with FlopCounterMode(display=False) as counter:
+        loss = F.cross_entropy(model(x), y) + model.aux_loss()
+        loss.backward()
+    return counter.get_total_flops() / len(y)
+
+
+class RoundClock:
+    """Wraps the runner's hooks to time each round's phases and read the RSS after it."""
+
+    def __init__(self) -> None:
+        self.marks: list[dict] = []            # per round: begin, trained, communicated, evaluated, rss_mb
+        self.samples_per_round: list[int] = []
+        self.threads = 0
+
+    def install(self, simulation) -> None:
+        import torch
+
+        make_strategy, evaluate_round = simulation.make_strategy, simulation.evaluate_round
+        clock = self
+
+        def timed_strategy(config, groups, template, num_train, *args, **kw):
+            strategy = make_strategy(config, groups, template, num_train, *args, **kw)
+            begin_round, communicate = strategy.begin_round, strategy.communicate
+
+            def begin(rnd, participants, *a, **k):
+                clock.marks.append({"round": rnd, "begin": time.perf_counter()})
+                clock.samples_per_round.append(sum(num_train[p] for p in participants) * config.local_epochs)
+                return begin_round(rnd, participants, *a, **k)
+
+            def comm(*a, **k):
+                clock.marks[-1]["trained"] = time.perf_counter()
+                out = communicate(*a, **k)
+                clock.marks[-1]["communicated"] = time.perf_counter()
+                return out
+
+            strategy.begin_round, strategy.communicate = begin, comm
+            return strategy
+
+        def timed_eval(*a, **k):
+            out = evaluate_round(*a, **k)
+            clock.marks[-1]["evaluated"] = time.perf_counter()
+            clock.marks[-1]["rss_mb"] = rss_mb()
+            clock.threads = torch.get_num_threads()
+            return out
+
+        simulation.make_strategy, simulation.evaluate_round = timed_strategy, timed_eval
+
+    def rounds(self) -> list[dict]:
+        """Per round: seconds (end of eval to end of eval; round 1 from its begin), train_s, comm_s, eval_s, rss_mb."""
+        rows, last = [], None
+        for m in self.marks:
+            missing = {"trained", "communicated", "evaluated"} - set(m)
+            if missing:
+                raise RuntimeError(f"round {m['round']}: the runner never reached {sorted(missing)}: "
+                                   "the hooks no longer match simulation.py")
+            start = m["begin"] if last is None else last
+            rows.append({"round": m["round"], "seconds": m["evaluated"] - start, "train_s": m["trained"] - m["begin"],
+                         "comm_s": m["communicated"] - m["trained"], "eval_s": m["evaluated"] - m["communicated"],
+                         "rss_mb": m["rss_mb"]})
+            last = m["evaluated"]
+        return rows
+
+
+def one(clients: int, rounds: int, strategy: str, engine: str) -> dict:
+    """One run in this process: per-round rows and the run's summary."""
+    import torch
+
     from fedmoe_da.fl import simulation
 
-    config = ExperimentConfig(num_clients=clients, rounds=1, strategy=strategy, progress=False, min_samples=1,
-                              max_samples=max_samples).validate()
-    times, rss = [], []
-    # time rounds one by one through the real loop: run R rounds, record wall time per round via a hook
-    orig = simulation.evaluate_round
-    last = [time.perf_counter()]
+    config = make_config(clients, rounds, strategy, engine, **WORKLOAD)
+    peak = matmul_peak_gflops()
+    flops = train_flops_per_sample(config)
+    clock = RoundClock()
+    clock.install(simulation)
+    start = time.perf_counter()
+    simulation.simulate(config)
+    total = time.perf_counter() - start
+    per_round = clock.rounds()
+    steady = per_round[1:] or per_round
+    med = {k: statistics.median(r[k] for r in steady) for k in ("seconds", "train_s", "comm_s", "eval_s")}
+    samples = statistics.median(clock.samples_per_round)
+    gflops = flops * samples / med["train_s"] / 1e9
+    rss2, rss_last = per_round[min(1, len(per_round) - 1)]["rss_mb"], per_round[-1]["rss_mb"]
+    summary = {
+        "clients": clients, "engine": engine, "rounds": rounds, "strategy": strategy,
+        "s_per_round": med["seconds"], "train_s": med["train_s"], "comm_s": med["comm_s"], "eval_s": med["eval_s"],
+        "first_round_s": per_round[0]["seconds"], "setup_s": total - sum(r["seconds"] for r in per_round),
+        "rss_round2_mb": rss2, "rss_last_mb": rss_last, "rss_growth_pct": 100 * (rss_last - rss2) / rss2,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_samples_per_round": samples, "train_mflop_per_sample": flops / 1e6, "train_gflops": gflops,
+        "matmul_peak_gflops": peak, "pct_of_peak": 100 * gflops / peak,
+        "threads": clock.threads, "cpus_allowed": len(os.sched_getaffinity(0)),
+        "torch_threads_default": torch.get_num_threads(),
+    }
+    return {"summary": summary, "rounds": per_round}
 
-    def timed(*args, **kw):
-        out = orig(*args, **kw)
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-        rss.append(rss_mb())
-        return out
 
-    simulation.evaluate_round = timed
-    last[0] = time.perf_counter()
-    simulation.run_simulation(config.replace(rounds=rounds))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    steady = times[1:] or times
-    return {"clients": clients, "rounds": rounds, "strategy": strategy, "s_per_round": sum(steady) / len(steady),
-            "first_round_s": times[0], "rss_after_round1_mb": rss[0], "rss_after_last_mb": rss[-1],
-            "peak_rss_mb": peak, "threads": torch.get_num_threads()}
+def machine() -> dict:
+    """The machine in words: platform, processor, cores, and the load averages now."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()}
+
+
+def load_average() -> tuple[float, float, float]:
+    return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 200])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clients", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--strategy", default="fedmoe_da")
-    ap.add_argument("--out", default="benchmarks/results/sim_throughput.csv")
+    ap.add_argument("--engine", nargs="+", default=None,
+                    help="engines to run, alternating (default: the config's default engine; 'loop' without the field)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each (size, engine)")
+    ap.add_argument("--out", default="benchmarks/results/sim_throughput")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 2 or args.repeats < 1:
+        sys.exit(f"--rounds={args.rounds} --repeats={args.repeats} are invalid: need rounds >= 2, repeats >= 1")
+    choices = engines_available()
+    if args.engine is None:
+        from fedmoe_da.config import ExperimentConfig
+        args.engine = [ExperimentConfig().engine if choices is not None else "loop"]  # type: ignore[attr-defined]
+    allowed = choices if choices is not None else ("loop",)
+    bad = [e for e in args.engine if e not in allowed]
+    if bad:
+        sys.exit(f"--engine={bad[0]!r} is invalid: this checkout offers {', '.join(allowed)}")
     if args.child:
-        print(json.dumps(one(args.clients[0], args.rounds, args.strategy, None)))
+        print(json.dumps(one(args.clients[0], args.rounds, args.strategy, args.engine[0])))
         return
+
     import pandas as pd
 
-    from fedmoe_da.results import versions
+    from fedmoe_da.fl.run_folder import versions
 
-    rows = []
+    info = {"machine": machine(), "load_before": load_average(), "versions": versions(), "args": vars(args),
+            "workload": WORKLOAD, "config": make_config(args.clients[0], args.rounds, args.strategy, args.engine[0],
+                                                        **WORKLOAD).to_dict()}
+    print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, load average {info['load_before']}")
+    summaries, rounds = [], []
     for n in args.clients:
-        proc = subprocess.run([sys.executable, __file__, "--child", "--clients", str(n), "--rounds", str(args.rounds),
-                               "--strategy", args.strategy], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{n} clients failed: {proc.stderr.strip().splitlines()[-1]}")
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"{n:4d} clients: {row['s_per_round']:.2f} s/round (first {row['first_round_s']:.2f} s), "
-              f"RSS after round 1 {row['rss_after_round1_mb']:.0f} MB, after round {args.rounds} "
-              f"{row['rss_after_last_mb']:.0f} MB, peak {row['peak_rss_mb']:.0f} MB", flush=True)
-    df = pd.DataFrame(rows)
-    df["cpu"] = platform.processor() or platform.machine()
-    df["cores"] = os.cpu_count()
+        for rep in range(args.repeats):
+            for engine in args.engine:     # alternating A, B, A, B
+                load = load_average()
+                proc = subprocess.run([sys.executable, __file__, "--child", "--clients", str(n), "--rounds",
+                                       str(args.rounds), "--strategy", args.strategy, "--engine", engine],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.exit(f"{n} clients ({engine}) failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+                got = json.loads(proc.stdout.strip().splitlines()[-1])
+                row = {**got["summary"], "repeat": rep, "load1_before": load[0], "load1_after": load_average()[0]}
+                summaries.append(row)
+                rounds += [{"clients": n, "engine": engine, "repeat": rep, **r} for r in got["rounds"]]
+                print(f"{n:5d} clients {engine:>8s}: {row['s_per_round']:.3f} s/round (train {row['train_s']:.3f}, "
+                      f"comm {row['comm_s']:.3f}, eval {row['eval_s']:.3f}; round 1 {row['first_round_s']:.2f} s), "
+                      f"RSS round 2 {row['rss_round2_mb']:.0f} MB -> round {args.rounds} {row['rss_last_mb']:.0f} MB "
+                      f"({row['rss_growth_pct']:+.2f}%), peak {row['peak_rss_mb']:.0f} MB, "
+                      f"training {row['train_gflops']:.2f} GFLOP/s = {row['pct_of_peak']:.0f}% of the "
+                      f"{row['matmul_peak_gflops']:.1f} GFLOP/s matmul peak, {row['threads']} thread(s), "
+                      f"load {load[0]:.2f}", flush=True)
+    info["load_after"] = load_average()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
-    out.with_suffix(".json").write_text(json.dumps(versions(), indent=2))
-    print(f"wrote {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(summaries).to_csv(out / "sim_throughput.csv", index=False)
+    pd.DataFrame(rounds).to_csv(out / "rounds.csv", index=False)
+    (out / "sim_throughput.json").write_text(json.dumps(info, indent=2, default=str))
+    print(f"wrote {out}/sim_throughput.csv, rounds.csv, sim_throughput.json; load average {info['load_after']}")
 
 
 if __name__ == "__main__":
