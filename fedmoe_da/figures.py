@@ -11,10 +11,21 @@ written. Each saved figure is four files in ``FIG_DIR``:
 
 ``FIGURES`` maps each id to its notebook, the papermill parameters of the
 full run, the claim of the paper it tests and what it shows.
+
+The command regenerates them, running each notebook that draws one once:
+
+    python -m fedmoe_da.figures                  # all, full size, into paper_figures/ (+ its README.md)
+    python -m fedmoe_da.figures --only ID ...    # the notebooks drawing these ids
+    python -m fedmoe_da.figures --smoke          # every notebook in smoke mode, into build/figures-smoke/
+    python -m fedmoe_da.figures --list           # id, notebook, claim
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +33,15 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from . import notebooks
 from .fl.run_folder import versions
 
 CSV_FLOAT_FORMAT = "%.6g"
+SUFFIXES = ("png", "pdf", "csv", "json")          # the files of one figure
+PAPER_FIGURES = notebooks.ROOT / "paper_figures"   # the committed full-size figures
+SMOKE_OUT = notebooks.ROOT / "build" / "figures-smoke"
+EXECUTED = notebooks.ROOT / "build" / "notebooks"  # executed copies: <smoke|full>/<notebook>.ipynb
+COMMAND = "python -m fedmoe_da.figures"
 
 
 @dataclass(frozen=True)
@@ -44,19 +61,183 @@ FIGURES: tuple[Figure, ...] = (
 
 def save_figure(fig: plt.Figure, df: pd.DataFrame, fig_id: str, out: str | Path | None,
                 params: dict[str, Any] | None = None, seeds: list[int] | None = None) -> Path | None:
-    """Write <id>.png, .pdf, .csv and .json into ``out`` (nothing when ``out`` is None); returns the png's path."""
+    """Write <id>.png, .pdf, .csv and .json into ``out`` (nothing when ``out`` is None); returns the png's path.
+
+    ``fig_id`` must be registered in FIGURES (a one-line ValueError otherwise, before anything is written).
+    """
     if out is None:
         return None
+    notebook = _notebook_of(fig_id)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{fig_id}.png", dpi=150, bbox_inches="tight")
     fig.savefig(out / f"{fig_id}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
     df.to_csv(out / f"{fig_id}.csv", index=False, float_format=CSV_FLOAT_FORMAT)
-    meta = {"figure": fig_id, "notebook": _notebook_of(fig_id), "parameters": params or {},
+    meta = {"figure": fig_id, "notebook": notebook, "parameters": params or {},
             "seeds": list(seeds or []), "versions": versions()}
     (out / f"{fig_id}.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     return out / f"{fig_id}.png"
 
 
-def _notebook_of(fig_id: str) -> str | None:
-    return next((f.notebook for f in FIGURES if f.id == fig_id), None)
+def _notebook_of(fig_id: str) -> str:
+    """The notebook registered for ``fig_id``; an unregistered id is a one-line ValueError."""
+    return select([fig_id])[0].notebook
+
+
+def select(ids: list[str] | None = None) -> tuple[Figure, ...]:
+    """The registered figures with these ids (all when ``ids`` is empty), in registry order."""
+    valid = [f.id for f in FIGURES]
+    unknown = [i for i in ids or () if i not in valid]
+    if unknown:
+        raise ValueError(f"unknown figure id {', '.join(unknown)}; registered in fedmoe_da.figures.FIGURES: "
+                         f"{', '.join(valid) or 'none'}")
+    return tuple(f for f in FIGURES if not ids or f.id in ids)
+
+
+def figure_files(fig_id: str, out: str | Path) -> list[Path]:
+    """The four files of one figure in ``out``."""
+    return [Path(out) / f"{fig_id}.{suffix}" for suffix in SUFFIXES]
+
+
+def notebook_runs(figures: tuple[Figure, ...], smoke: bool, out: Path) -> dict[str, dict[str, Any]]:
+    """The papermill parameters of each notebook that draws one of ``figures`` (one run per notebook).
+
+    SMOKE and FIG_DIR, plus (full runs only) the registry's params; every name
+    must be one of the notebook's parameters, and figures of one notebook must
+    agree on them.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    for f in figures:
+        params = {"SMOKE": smoke, "FIG_DIR": _for_kernel(out), **({} if smoke else f.params)}
+        if runs.setdefault(f.notebook, params) != params:
+            raise ValueError(f"figures of notebook {f.notebook} ask for different params ({f.id}: {f.params}); "
+                             "one notebook runs once: give its figures the same params")
+    for stem, params in runs.items():
+        unknown = sorted(set(params) - set(notebooks.parameters(stem)))
+        if unknown:
+            raise ValueError(f"notebook {stem} has no parameter {', '.join(unknown)} in its cell tagged 'parameters'")
+    return runs
+
+
+def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path, jobs: int = 1) -> list[str]:
+    """Run each notebook drawing one of ``figures`` once; returns one line per failure (empty: all written).
+
+    After a notebook, each of its figures must have its four files written by
+    that run; the notebook's wall time goes into each figure's json. ``jobs``
+    notebooks run at once (each in its own kernel).
+    """
+    runs = notebook_runs(figures, smoke, out)
+
+    def run(stem: str) -> str | None:
+        since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
+        try:
+            wall = notebooks.execute(stem, executed / f"{stem}.ipynb", runs[stem])
+        except Exception as exc:   # papermill's PapermillExecutionError names the cell's error
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            return f"{stem}: failed ({first}); executed copy: {executed / f'{stem}.ipynb'}"
+        mine = [f for f in figures if f.notebook == stem]
+        stale = [p.name for f in mine for p in figure_files(f.id, out)
+                 if not p.is_file() or p.stat().st_mtime < since]
+        if stale:
+            return f"{stem}: ran, but did not write {', '.join(stale)} into {out}"
+        for f in mine:
+            _stamp(out / f"{f.id}.json", f, wall, smoke, runs[stem], jobs)
+        print(f"{stem}: {wall:.1f} s, wrote {', '.join(f.id for f in mine)}", file=sys.stderr)
+        return None
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [line for line in pool.map(run, runs) if line]
+
+
+def _stamp(path: Path, figure: Figure, wall: float, smoke: bool, params: dict[str, Any], jobs: int) -> None:
+    """Add the run's wall time and papermill parameters to a figure's json (written by save_figure)."""
+    meta = json.loads(path.read_text())
+    if meta.get("figure") != figure.id:
+        raise ValueError(f"{path} names figure {meta.get('figure')!r}, not {figure.id!r}")
+    meta.update(notebook_wall_s=round(wall, 1), notebooks_at_once=jobs, smoke=smoke,
+                papermill_parameters={k: v for k, v in params.items() if k != "FIG_DIR"})
+    path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _for_kernel(out: Path) -> str:
+    """FIG_DIR as the kernel (cwd: the repository root) sees it: relative when inside the repository."""
+    out = out.resolve()
+    return str(out.relative_to(notebooks.ROOT)) if out.is_relative_to(notebooks.ROOT) else str(out)
+
+
+def readme(out: Path) -> str:
+    """paper_figures/README.md: every registered figure, the claim it tests, what it shows, how to redraw it."""
+    lines = ["# Paper figures", "",
+             f"Written by `{COMMAND}` (`make figures`), which runs each notebook that draws a figure once, "
+             "at full size; this file is generated from the registry in `fedmoe_da/figures.py`: edit there.",
+             "Each figure is four files: `.png`, `.pdf`, `.csv` (exactly the data drawn) and `.json` (parameters, "
+             "seeds, package versions, git commit, the notebook's wall time). CI checks that every registered "
+             "figure is here, that the csvs are finite, and redraws a cheap subset at full size and compares it "
+             "with these csvs (`tests/test_figures.py`).", "",
+             "| figure | notebook | claim it tests |", "|---|---|---|"]
+    lines += [f"| [{f.id}](#{f.id.lower()}) | `notebooks/{f.notebook}.py` | {f.claim} |" for f in FIGURES]
+    for f in FIGURES:
+        meta = out / f"{f.id}.json"
+        wall = json.loads(meta.read_text()).get("notebook_wall_s") if meta.is_file() else None
+        took = f", {wall:.0f} s for the whole notebook last time" if wall is not None else ""
+        lines += ["", f"## {f.id}", "",
+                  f'<a href="{f.id}.png"><img src="{f.id}.png" width="420" alt="{f.id}"></a>', "",
+                  f"* **Claim it tests:** {f.claim}", f"* **What it shows:** {f.shows}",
+                  f"* **Data:** [{f.id}.csv]({f.id}.csv), [pdf]({f.id}.pdf), [json]({f.id}.json)",
+                  f"* **Regenerate:** `{COMMAND} --only {f.id}` (runs `notebooks/{f.notebook}.py`"
+                  + (f" with {', '.join(f'{k}={v!r}' for k, v in f.params.items())}" if f.params else "")
+                  + f"{took}; redraws every figure of that notebook)"]
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .cli import _Parser   # the package's one-line usage errors (exit 2)
+
+    p = _Parser(prog=COMMAND, description="Regenerate the paper figures: run each notebook that draws one, "
+                "headless (papermill), once.")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"SMOKE=True: tiny sizes, seconds per notebook; writes to {_rel(SMOKE_OUT)}/ by default, "
+                        f"never into {_rel(PAPER_FIGURES)}/")
+    p.add_argument("--only", nargs="+", metavar="ID", help="only these figure ids (and so their notebooks)")
+    p.add_argument("--list", action="store_true", help="print id, notebook and claim of every figure, run nothing")
+    p.add_argument("--out", type=Path, help=f"where the figures go (default {_rel(PAPER_FIGURES)}/, with "
+                   f"--smoke {_rel(SMOKE_OUT)}/)")
+    p.add_argument("--executed", type=Path, help=f"where the executed notebooks go (default "
+                   f"{_rel(EXECUTED)}/full or /smoke)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1: honest wall times)")
+    return p
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(notebooks.ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        figures = select(args.only)
+        if args.list:
+            for f in figures:
+                print(f"{f.id}\t{f.notebook}\t{f.claim}")
+            return 0
+        out = (args.out or (SMOKE_OUT if args.smoke else PAPER_FIGURES)).resolve()
+        if args.smoke and out.is_relative_to(PAPER_FIGURES.resolve()):
+            raise ValueError(f"--smoke does not write into {_rel(PAPER_FIGURES)}/ (smoke-sized figures are not the "
+                             f"paper's): drop --smoke, or give --out elsewhere")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        executed = (args.executed or EXECUTED / ("smoke" if args.smoke else "full")).resolve()
+        failures = generate(figures, args.smoke, out, executed, args.jobs)
+    except ValueError as exc:
+        print(f"{COMMAND}: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.smoke:
+        (out / "README.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "README.md").write_text(readme(out))
+    for line in failures:
+        print(f"{COMMAND}: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
