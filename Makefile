@@ -13,7 +13,7 @@ PY          := $(VENV)/bin/python
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: env compare run test results bench study clean
+.PHONY: env compare run test results figures bench study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: env
 results: env
 	$(PY) -m fedmoe_da compare --out results/compare --no-progress
 	$(PY) -c "from fedmoe_da.results import update_readme; update_readme('README.md', 'results/compare/comparison.md')"
+
+# paper_figures/: every registered figure at full size (each notebook that draws one runs once, headless), and its
+# README.md; smoke-sized into build/figures-smoke/: python -m fedmoe_da.figures --smoke
+figures: env
+	$(PY) -m fedmoe_da.figures
 
 bench: env
 	$(PY) benchmarks/sim_throughput.py
