@@ -91,14 +91,29 @@ def plot_partition(counts: pd.DataFrame, title: str = "samples per client",
     return fig, ax, counts
 
 
-def plot_matrix(A, labels: list[str] | None = None, title: str = "aggregation matrix A") -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
-    """Heatmap of a square matrix (A or R) over the pool pairs."""
+def plot_matrix(A, labels: list[str] | None = None, title: str = "aggregation matrix A", *,
+                groups: list[str] | None = None, cmap: str = "viridis") -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Heatmap of a square matrix (A or R) over the pool pairs.
+
+    ``groups``: one name per row (e.g. the home domain of each pair's client), each group's rows
+    contiguous: the blocks are outlined and named on both axes."""
     A = np.asarray(A, dtype=float)
+    if groups is not None and len(groups) != len(A):
+        raise ValueError(f"groups has {len(groups)} names: must have one per row of the {len(A)} x {len(A)} matrix")
     df = pd.DataFrame(A, index=labels, columns=labels)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    sns.heatmap(df, ax=ax, cmap="viridis", square=True, cbar_kws={"fraction": 0.046}, xticklabels=False,
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    sns.heatmap(df, ax=ax, cmap=cmap, square=True, cbar_kws={"fraction": 0.046}, xticklabels=False,
                 yticklabels=False)
     ax.set(title=title, xlabel="pool pair j", ylabel="pool pair i")
+    if groups is not None:
+        starts = [i for i in range(len(groups)) if i == 0 or groups[i] != groups[i - 1]] + [len(groups)]
+        for b in starts[1:-1]:
+            ax.axhline(b, color="white", lw=0.8)
+            ax.axvline(b, color="white", lw=0.8)
+        centres = [(a + b) / 2 for a, b in zip(starts, starts[1:])]
+        names = [groups[a] for a in starts[:-1]]
+        ax.set_xticks(centres, names, rotation=0, fontsize=8)
+        ax.set_yticks(centres, names, rotation=90, va="center", fontsize=8)
     fig.tight_layout()
     return fig, ax, df
 
@@ -156,7 +171,99 @@ def plot_domain_samples(x, y, domain, names, per_domain: int = 10) -> tuple[plt.
     fig.tight_layout()
     return fig, axes, pd.DataFrame(rows, columns=["domain", "label", "index", "row", "col"])
 
+def plot_client_data(domains: pd.DataFrame, labels: pd.DataFrame,
+                     title: str = "") -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
+    """Two heatmaps side by side, clients as rows: training samples per domain (left) and per label (right).
+
+    domains, labels: ``data.client_counts(..., by="domain")`` and ``by="label"``. df is tidy: one row per
+    (client, by, value) with its sample count, domains first."""
+    fig, axes = plt.subplots(1, 2, figsize=(3 + 0.5 * (domains.shape[1] + labels.shape[1]), max(3, 0.22 * len(domains) + 1.2)),
+                             gridspec_kw={"width_ratios": [domains.shape[1] + 1, labels.shape[1] + 1]}, sharey=True)
+    parts = []
+    for ax, counts in zip(axes, (domains, labels)):
+        sns.heatmap(counts, ax=ax, cmap="Blues", annot=counts.size <= 240, fmt="d", annot_kws={"fontsize": 7},
+                    cbar=False, vmin=0)
+        ax.set(title=f"samples per {counts.columns.name}", xlabel=counts.columns.name)
+        parts.append(counts.rename_axis(columns="value").stack().rename("samples").reset_index()
+                     .assign(by=counts.columns.name))
+    axes[1].set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    df = pd.concat(parts, ignore_index=True)[["client", "by", "value", "samples"]]
+    return fig, axes, df
+
+
+def plot_token_routing(probs, weights, indices) -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
+    """A router's decision for T tokens over E experts: the softmax (left) and the renormalised top-k weights (right).
+
+    probs (T, E) softmax of the gate logits; weights, indices (T, k) from top-k. df: one row per
+    (token, expert) with its probability and its routing weight (0 where the expert was not chosen)."""
+    probs = np.asarray(probs, dtype=float)
+    T, E = probs.shape
+    routed = np.zeros((T, E))
+    np.put_along_axis(routed, np.asarray(indices), np.asarray(weights, dtype=float), axis=1)   # (T, E)
+    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 1.1 * E, max(2.5, 0.3 * T + 1)), sharey=True)
+    for ax, values, name in zip(axes, (probs, routed), ("softmax p(e | token)", f"top-{np.shape(indices)[1]} weights, renormalised")):
+        sns.heatmap(values, ax=ax, cmap="magma", vmin=0, vmax=1, annot=T * E <= 160, fmt=".2f",
+                    annot_kws={"fontsize": 7}, cbar=False)
+        ax.set(title=name, xlabel="expert")
+    axes[0].set_ylabel("token")
+    fig.tight_layout()
+    tok, exp = np.meshgrid(np.arange(T), np.arange(E), indexing="ij")
+    df = pd.DataFrame({"token": tok.ravel(), "expert": exp.ravel(), "prob": probs.ravel(), "weight": routed.ravel()})
+    return fig, axes, df
+
+
+def routing_by_domain(history: pd.DataFrame, clients: pd.DataFrame, round: int | None = None,
+                      layer: int = 0) -> pd.DataFrame:
+    """Test tokens routed to each expert of ``layer`` at ``round``, summed over the clients of each home domain.
+
+    clients: one row per client with ``home_domain_name`` (a run's ``clients`` table). One row per
+    (domain, expert): tokens and share (of the domain's routed tokens), domains in home-domain order."""
+    round = int(history["round"].max()) if round is None else round
+    cols = routed_columns(history.columns, layer)                                # column -> expert slot
+    part = history[history["round"] == round].merge(clients[["client", "home_domain", "home_domain_name"]], on="client")
+    per = part.groupby(["home_domain", "home_domain_name"])[list(cols)].sum().reset_index("home_domain", drop=True)
+    long = per.rename(columns=cols).rename_axis(index="domain", columns="expert").stack().rename("tokens").reset_index()
+    long["share"] = long["tokens"] / long.groupby("domain", sort=False)["tokens"].transform("sum").replace(0, 1)
+    return long
+
+
+def plot_routing_by_domain(history: pd.DataFrame, clients: pd.DataFrame, round: int | None = None,
+                           layer: int = 0) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Heatmap, home domains x experts: the share of each domain's clients' test tokens routed to each expert."""
+    round = int(history["round"].max()) if round is None else round
+    df = routing_by_domain(history, clients, round, layer)
+    share = df.pivot(index="domain", columns="expert", values="share").reindex(list(dict.fromkeys(df["domain"])))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * share.shape[1], 1 + 0.5 * len(share)))
+    sns.heatmap(share, ax=ax, cmap="magma", vmin=0, annot=True, fmt=".2f", annot_kws={"fontsize": 8},
+                cbar_kws={"fraction": 0.046, "label": "token share"})
+    ax.set(xlabel="expert", ylabel="home domain of the clients", title=f"routed token share by domain, layer {layer}, round {round}")
+    fig.tight_layout()
+    return fig, ax, df
+
+
+def plot_purity(df: pd.DataFrame, x: str = "P", hue: str = "proxy") -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Domain purity of A against ``x`` (one line per ``hue``), with the domain-blind chance level dashed.
+
+    df: one row per setting with columns x, hue, ``domain_purity`` and ``purity_chance``
+    (``fl.aggregation.matrix_diagnostics``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, part in df.groupby(hue, sort=False):
+        ax.plot(part[x], part["domain_purity"], marker="o", label=str(name))
+    chance = df.groupby(x, sort=True)["purity_chance"].mean()
+    ax.plot(chance.index, chance.values, ls="--", color="grey", label="chance (domain-blind)")
+    ax.set(xlabel=x, ylabel="domain purity of A", ylim=(0, 1.02), title=f"domain purity of A against {x}")
+    if df[x].dtype.kind in "fi" and df[x].min() > 0 and df[x].max() / df[x].min() > 20:
+        ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig, ax, df
+
+
 
 __all__ = ["plot_comparison", "plot_partition", "plot_matrix", "plot_p2p_graph", "plot_routing",
            "accuracy_per_round", "cumulative_bytes",
-           "plot_domain_samples"]
+           "plot_domain_samples", "plot_client_data", "plot_token_routing", "routing_by_domain", "plot_routing_by_domain", "plot_purity"]
