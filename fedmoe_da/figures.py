@@ -22,6 +22,7 @@ The command regenerates them, running each notebook that draws one once:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -165,8 +166,14 @@ def _stamp(path: Path, figure: Figure, wall: float, smoke: bool, params: dict[st
     if meta.get("figure") != figure.id:
         raise ValueError(f"{path} names figure {meta.get('figure')!r}, not {figure.id!r}")
     meta.update(notebook_wall_s=round(wall, 1), notebooks_at_once=jobs, smoke=smoke,
-                papermill_parameters={k: v for k, v in params.items() if k != "FIG_DIR"})
+                papermill_parameters={k: v for k, v in params.items() if k != "FIG_DIR"},
+                csv_sha256=csv_sha256(path.with_suffix(".csv")))
     path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def csv_sha256(path: Path) -> str:
+    """The hash of a figure's csv as the run wrote it (kept in its json: a hand-edited csv no longer matches)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _for_kernel(out: Path) -> str:
@@ -181,9 +188,9 @@ def readme(out: Path) -> str:
              f"Written by `{COMMAND}` (`make figures`), which runs each notebook that draws a figure once, "
              "at full size; this file is generated from the registry in `fedmoe_da/figures.py`: edit there.",
              "Each figure is four files: `.png`, `.pdf`, `.csv` (exactly the data drawn) and `.json` (parameters, "
-             "seeds, package versions, git commit, the notebook's wall time). CI checks that every registered "
-             "figure is here, that the csvs are finite, and redraws a cheap subset at full size and compares it "
-             "with these csvs (`tests/test_figures.py`).", "",
+             "seeds, package versions, git commit, the notebook's wall time, the csv's sha256). CI checks that "
+             "every registered figure is here, that each csv is finite and is the file the run wrote, and redraws "
+             "a cheap subset at full size and compares it with these csvs (`tests/test_figures.py`).", "",
              "| figure | notebook | claim it tests |", "|---|---|---|"]
     lines += [f"| [{f.id}](#{f.id.lower()}) | `notebooks/{f.notebook}.py` | {f.claim} |" for f in FIGURES]
     for f in FIGURES:

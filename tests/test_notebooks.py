@@ -1,60 +1,56 @@
-"""Every notebook runs headless in smoke mode exactly as the README shows, then nbval (lax) re-runs it.
+"""Every notebook runs headless in smoke mode through papermill, then nbval (lax) re-runs that output.
 
-The README's notebook commands (``jupytext --to ipynb ...`` then
-``papermill ... -p SMOKE True``) are read from the README itself and run in a
-scratch copy of the repository's notebooks, with this venv's scripts first on
-PATH; the commands are applied to every notebook, not only the one the README
-names.
+How each notebook is executed (once by papermill, once by nbval) is in
+``smoke_runs``: the notebooks that draw paper figures run inside
+``python -m fedmoe_da.figures --smoke`` (test_figures checks the figures of
+that same run); the others, and the README's notebook in any case, run through
+the README's two notebook commands, read from the README itself.
 """
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jupytext
 import nbformat
 import pytest
 
-ROOT = Path(__file__).parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-       "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+import smoke_runs
+from smoke_runs import NOTEBOOKS
 
 
-def readme_notebook_commands() -> list[str]:
-    """The jupytext and papermill lines of the README, in order."""
-    lines = [ln.split("#")[0].strip() for ln in (ROOT / "README.md").read_text().splitlines()]
-    cmds = [ln for ln in lines if re.match(r"^(jupytext --to ipynb|papermill) ", ln)]
-    assert len(cmds) == 2, f"the README should show one jupytext and one papermill command, found {cmds}"
-    return cmds
+@pytest.fixture(scope="module")
+def checks(request) -> dict[str, smoke_runs.NotebookCheck]:
+    """The smoke runs of the notebooks selected in this session, all started at once (they run JOBS at a time)."""
+    selected = sorted({item.callspec.params["source"].stem for item in request.session.items
+                       if getattr(item, "originalname", None) == "test_notebook_smoke"})
+    return smoke_runs.notebook_checks(tuple(selected))
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks/NN_*.py found"
+    assert smoke_runs.README_NOTEBOOK in [p.stem for p in NOTEBOOKS], "the README's notebook is missing"
 
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_smoke_as_the_readme_runs_it(source: Path, tmp_path: Path):
+def test_notebook_header(source: Path):
     nb = jupytext.read(source)
-    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), "no cell tagged 'parameters'"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{len(tagged)} cells tagged 'parameters', want exactly one"
+    assert "SMOKE" in tagged[0].source, "the parameters cell has no SMOKE flag"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", "the jupytext header names no kernelspec"
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns("*.ipynb"))
-    (tmp_path / "runs").mkdir()
-    readme_stem = "01_quickstart"
-    for cmd in readme_notebook_commands():
-        argv = [a.replace(readme_stem, source.stem) for a in shlex.split(cmd)]
-        proc = subprocess.run(argv, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    out = next(tmp_path.glob(f"runs/{source.stem}*.ipynb"))
-    executed = nbformat.read(out, as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    # nbval (lax): re-executes the papermill output (SMOKE=True injected) and fails on any error
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                           str(out)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(source: Path, checks: dict[str, smoke_runs.NotebookCheck]):
+    check = checks[source.stem]
+    for run in check.papermill:
+        assert run.returncode == 0, run.failure()
+    for path in check.executed:
+        executed = nbformat.read(path, as_version=4)
+        assert executed.metadata["papermill"]["parameters"]["SMOKE"] is True
+        errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.output_type == "error"]
+        assert not errors, f"{path}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    assert len(check.nbval) == len(check.executed)
+    for run in check.nbval:   # nbval (lax): re-executes the papermill output, fails on any error
+        assert run.returncode == 0, run.failure()
