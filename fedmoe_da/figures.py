@@ -143,9 +143,10 @@ def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path
         since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
         try:
             wall = notebooks.execute(stem, executed / f"{stem}.ipynb", runs[stem])
-        except Exception as exc:   # papermill's PapermillExecutionError names the cell's error
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            return f"{stem}: failed ({first}); executed copy: {executed / f'{stem}.ipynb'}"
+        except Exception as exc:   # papermill's PapermillExecutionError carries the failing cell's error
+            what = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")
+                    else (str(exc).strip().splitlines() or [type(exc).__name__])[-1])
+            return f"{stem}: failed ({what}); executed copy: {executed / f'{stem}.ipynb'}"
         mine = [f for f in figures if f.notebook == stem]
         stale = [p.name for f in mine for p in figure_files(f.id, out)
                  if not p.is_file() or p.stat().st_mtime < since]

@@ -34,7 +34,7 @@ from pathlib import Path
 import nbformat
 from papermill.parameterize import parameterize_notebook
 
-from fedmoe_da.figures import FIGURES
+from fedmoe_da.figures import COMMAND, FIGURES
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
@@ -105,8 +105,8 @@ def readme_run(stem: str) -> tuple[list[Run], Path]:
 
 @dataclass
 class NotebookCheck:
-    """A notebook's smoke runs: the papermill executions (figures command and/or README commands), then nbval."""
-    papermill: list[Run]
+    """A notebook's smoke runs: what failed in its papermill executions, the executed copies, nbval on each."""
+    failures: list[str]
     executed: list[Path]
     nbval: list[Run]
 
@@ -120,18 +120,25 @@ def notebook_checks(stems: tuple[str, ...]) -> dict[str, NotebookCheck]:
     def check(stem: str) -> NotebookCheck:
         result = NotebookCheck([], [], [])
         if smoke is not None and stem in drawn:
-            result.papermill.append(smoke.run)
+            result.failures += smoke_failures(smoke, stem)
             result.executed.append(smoke.executed / f"{stem}.ipynb")
         if stem not in drawn or stem == README_NOTEBOOK:
             runs, executed = readme_run(stem)
-            result.papermill += runs
+            result.failures += [r.failure() for r in runs if r.returncode]
             result.executed.append(executed)
-        if all(r.returncode == 0 for r in result.papermill):
+        if not result.failures:
             result.nbval = [nbval(stem, path) for path in result.executed]
         return result
 
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
         return dict(zip(stems, pool.map(check, stems)))
+
+
+def smoke_failures(smoke: FiguresSmoke, stem: str) -> list[str]:
+    """What the figures command said went wrong with this notebook (exit 1 names each failed notebook)."""
+    if smoke.run.returncode not in (0, 1) or not (smoke.executed / f"{stem}.ipynb").is_file():
+        return [smoke.run.failure()]
+    return [ln for ln in smoke.run.output.splitlines() if ln.startswith(f"{COMMAND}: {stem}: ")]
 
 
 def nbval(stem: str, executed: Path) -> Run:
