@@ -39,9 +39,11 @@ results: env
 	$(PY) -c "from fedmoe_da.results import update_readme; update_readme('README.md', 'results/compare/comparison.md')"
 
 # paper_figures/: every registered figure at full size (each notebook that draws one runs once, headless), and its
-# README.md; smoke-sized into build/figures-smoke/: python -m fedmoe_da.figures --smoke
+# README.md. The runs the notebooks train go to a new folder, so nothing cached by older code is reused;
+# FIGURE_RUNS=runs/course reuses the notebooks' own cache. Smoke-sized: python -m fedmoe_da.figures --smoke
+FIGURE_RUNS ?= build/figure-runs/$(shell date -u +%Y%m%dT%H%M%S)
 figures: env
-	$(PY) -m fedmoe_da.figures
+	$(PY) -m fedmoe_da.figures --runs $(FIGURE_RUNS)
 
 bench: env
 	$(PY) benchmarks/sim_throughput.py

@@ -110,16 +110,18 @@ def figure_files(fig_id: str, out: str | Path) -> list[Path]:
     return [Path(out) / f"{fig_id}.{suffix}" for suffix in SUFFIXES]
 
 
-def notebook_runs(figures: tuple[Figure, ...], smoke: bool, out: Path) -> dict[str, dict[str, Any]]:
+def notebook_runs(figures: tuple[Figure, ...], smoke: bool, out: Path,
+                  runs_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """The papermill parameters of each notebook that draws one of ``figures`` (one run per notebook).
 
-    SMOKE and FIG_DIR, plus (full runs only) the registry's params; every name
-    must be one of the notebook's parameters, and figures of one notebook must
-    agree on them.
+    SMOKE and FIG_DIR, RUNS_DIR when ``runs_dir`` is given, plus (full runs
+    only) the registry's params; every name must be one of the notebook's
+    parameters, and figures of one notebook must agree on them.
     """
     runs: dict[str, dict[str, Any]] = {}
     for f in figures:
-        params = {"SMOKE": smoke, "FIG_DIR": _for_kernel(out), **({} if smoke else f.params)}
+        params = {"SMOKE": smoke, "FIG_DIR": _for_kernel(out),
+                  **({"RUNS_DIR": _for_kernel(runs_dir)} if runs_dir else {}), **({} if smoke else f.params)}
         if runs.setdefault(f.notebook, params) != params:
             raise ValueError(f"figures of notebook {f.notebook} ask for different params ({f.id}: {f.params}); "
                              "one notebook runs once: give its figures the same params")
@@ -130,14 +132,19 @@ def notebook_runs(figures: tuple[Figure, ...], smoke: bool, out: Path) -> dict[s
     return runs
 
 
-def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path, jobs: int = 1) -> list[str]:
+def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path, jobs: int = 1,
+             runs_dir: Path | None = None) -> list[str]:
     """Run each notebook drawing one of ``figures`` once; returns one line per failure (empty: all written).
 
     After a notebook, each of its figures must have its four files written by
     that run; the notebook's wall time goes into each figure's json. ``jobs``
-    notebooks run at once (each in its own kernel).
+    notebooks run at once (each in its own kernel; smoke runs only, since
+    full-size notebooks share cached runs in RUNS_DIR and run one after another).
     """
-    runs = notebook_runs(figures, smoke, out)
+    if jobs > 1 and not smoke:
+        raise ValueError(f"--jobs {jobs} needs --smoke: full-size notebooks share cached runs (RUNS_DIR), so they "
+                         "run one after another")
+    runs = notebook_runs(figures, smoke, out, runs_dir)
 
     def run(stem: str) -> str | None:
         since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
@@ -222,7 +229,10 @@ def _parser() -> argparse.ArgumentParser:
                    f"--smoke {_rel(SMOKE_OUT)}/)")
     p.add_argument("--executed", type=Path, help=f"where the executed notebooks go (default "
                    f"{_rel(EXECUTED)}/full or /smoke)")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1: honest wall times)")
+    p.add_argument("--runs", type=Path, metavar="DIR", help="RUNS_DIR of every notebook: where the runs they "
+                   "train are cached and shared (default: each notebook's own, runs/course, reusing what is there); "
+                   "a new folder trains everything afresh with the code as it is")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once, with --smoke only (default 1)")
     return p
 
 
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
         executed = (args.executed or EXECUTED / ("smoke" if args.smoke else "full")).resolve()
-        failures = generate(figures, args.smoke, out, executed, args.jobs)
+        failures = generate(figures, args.smoke, out, executed, args.jobs, args.runs and args.runs.resolve())
     except ValueError as exc:
         print(f"{COMMAND}: error: {exc}", file=sys.stderr)
         return 2
