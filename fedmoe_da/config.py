@@ -35,6 +35,7 @@ BACKENDS = ("auto", "torch", "dense", "triton")
 DOMAINS = ("original", "rotate", "invert", "noise", "blur")
 DIGIT_DOMAINS = ("mnist", "usps", "mnistm", "synth")
 CHANNELS = ("server", "local")
+ENGINES = ("stacked", "loop")   # fl/engine.py and fl/client.py; the ViT always runs the loop
 OPTIMIZERS = ("adam", "sgd")
 PROXIES = ("gate", "gate_delta", "gate_centred", "gate_signature", "domain")
 GATE_INITS = ("shared", "per_client")
@@ -199,6 +200,8 @@ class ExperimentConfig:
     """Torch device for local training and evaluation."""
     threads: int = rule(1, Integer(1))
     """Torch intra-op threads of the run (on 2 busy cores, 2 threads are slower than 1)."""
+    engine: str = rule("stacked", Choice(ENGINES))
+    """Local training and evaluation: stacked (every client at once; CNN, MLP) or loop (one after another, the reference)."""
     dist_timeout: float = rule(30.0, Number(0, low_open=True))
     """Under torchrun: seconds a rank waits for another before the run stops with an error naming it."""
     out: str | None = rule(None, Optional(OutDir()))

@@ -208,19 +208,19 @@ def test_fedavg_participants_start_from_the_global_model(monkeypatch):
     """McMahan et al.: every sampled client starts local training from the current global model."""
     captured, diffs = {}, []
     make = sim.make_strategy
-    train = sim.Trainer.train
+    train = sim.StackedTrainer.train_jobs
 
     def make_and_keep(*args, **kwargs):
         captured["strategy"] = make(*args, **kwargs)
         return captured["strategy"]
 
-    def train_and_check(self, state, x, y, seed, prox_mu=0.0):
+    def train_and_check(self, jobs):
         g = captured["strategy"].global_state
-        diffs.append(max(float((state[n] - g[n]).abs().max()) for n in g))
-        return train(self, state, x, y, seed, prox_mu)
+        diffs.extend(max(float((job.state[n] - g[n]).abs().max()) for n in g) for job in jobs)
+        return train(self, jobs)
 
     monkeypatch.setattr(sim, "make_strategy", make_and_keep)
-    monkeypatch.setattr(sim.Trainer, "train", train_and_check)
+    monkeypatch.setattr(sim.StackedTrainer, "train_jobs", train_and_check)
     sim.simulate(smoke(strategy="fedavg", participation=0.5).replace(rounds=4))
     assert diffs and max(diffs) == 0.0, diffs
 
@@ -237,20 +237,20 @@ def test_clients_hold_states_not_models(monkeypatch):
 
     monkeypatch.setattr(nn.Module, "__init__", counting_init)
     live = []
-    train = sim.Trainer.train
+    train = sim.StackedTrainer.train_jobs
 
     def train_and_count(self, *args, **kwargs):
         live.append(sum(issubclass(type(o), nn.Module) for o in gc.get_objects()))
         return train(self, *args, **kwargs)
 
-    monkeypatch.setattr(sim.Trainer, "train", train_and_count)
+    monkeypatch.setattr(sim.StackedTrainer, "train_jobs", train_and_count)
     counts = {}
     for n in (2, 6):
         built.clear()
         live.clear()
         sim.simulate(smoke(strategy="fedavg", num_clients=n))
         counts[n] = len(built)
-        assert len(live) == 2 * n and len(set(live)) == 1, live       # flat over clients and rounds
+        assert len(live) == 2 and len(set(live)) == 1, live           # one engine call per round; flat
     assert counts[2] == counts[6] > 0
 
 

@@ -233,7 +233,7 @@ def test_missed_aggregate_is_sent_in_begin_round(name):
     for rnd, participants in enumerate([[0, 1], [1, 2], [2], [0, 1, 2, 3], [3]], start=1):
         missed = [k for k in participants if held[k] != latest]
         before = [copy_state(s) for s in states]
-        n0 = len(t.ledger.rows)
+        n0 = len(t.ledger)
         strategy.begin_round(rnd, participants, states, t)
         rows = t.ledger.to_frame().iloc[n0:]
         assert set(rows["channel"]) <= {"server-down"} and set(rows["src"]) <= {SERVER}
@@ -259,22 +259,21 @@ def test_participants_start_training_from_the_latest_aggregate(monkeypatch, name
     """In simulate, with half the clients per round: every local update starts from the server's latest
     aggregate (Ditto: its global copy starts from it, its personal model is pulled towards it)."""
     captured, checked = {}, []
-    make, train = sim.make_strategy, sim.Trainer.train
+    make, train = sim.make_strategy, sim.StackedTrainer.train_jobs
 
     def make_and_keep(*args, **kwargs):
         captured["s"] = make(*args, **kwargs)
         return captured["s"]
 
-    def train_and_check(self, state, x, y, seed, prox_center=None, prox_mu=0.0, phases=None):
+    def train_and_check(self, jobs):
         server = captured["s"].server_state
-        if name == "ditto" and prox_center is not None:
-            checked.append(max(float((prox_center[n] - v).abs().max()) for n, v in server.items()))
-        else:
-            checked.append(max(float((state[n] - v).abs().max()) for n, v in server.items()))
-        return train(self, state, x, y, seed, prox_center=prox_center, prox_mu=prox_mu, phases=phases)
+        for job in jobs:
+            start = job.prox_center if name == "ditto" and job.prox_center is not None else job.state
+            checked.append(max(float((start[n] - v).abs().max()) for n, v in server.items()))
+        return train(self, jobs)
 
     monkeypatch.setattr(sim, "make_strategy", make_and_keep)
-    monkeypatch.setattr(sim.Trainer, "train", train_and_check)
+    monkeypatch.setattr(sim.StackedTrainer, "train_jobs", train_and_check)
     result = simulate(smoke(strategy=name, participation=0.5, rounds=4, I=2, d_model=8, expert_hidden=8))
     assert checked and max(checked) == 0.0, checked
     part = result.history[result.history["participated"]].groupby("round")["client"].apply(set)
@@ -291,7 +290,7 @@ def test_diverged_client_keeps_its_state_and_the_run_goes_on(monkeypatch, name):
 
     def make_and_wrap(*args, **kwargs):
         s = make(*args, **kwargs)
-        begin, train, communicate = s.begin_round, s.train, s.communicate
+        begin, finish, communicate = s.begin_round, s.finish, s.communicate
 
         def begin_round(rnd, participants, states, transport):
             begin(rnd, participants, states, transport)
@@ -299,8 +298,8 @@ def test_diverged_client_keeps_its_state_and_the_run_goes_on(monkeypatch, name):
             now["start"] = [copy_state(x) for x in states]
             pairs.extend((rnd, k) for k in participants)
 
-        def bad_train(k, trainer, state, x, y, seed):
-            new, loss = train(k, trainer, state, x, y, seed)
+        def bad_finish(k, results):
+            new, loss = finish(k, results)
             if now["round"] == 1 and not diverged:
                 diverged.append(k)
                 return {n: torch.full_like(v, math.nan) for n, v in new.items()}, loss
@@ -312,7 +311,7 @@ def test_diverged_client_keeps_its_state_and_the_run_goes_on(monkeypatch, name):
                 seen[(rnd, k)] = same
             communicate(rnd, participants, states, transport)
 
-        s.begin_round, s.train, s.communicate = begin_round, bad_train, check_communicate
+        s.begin_round, s.finish, s.communicate = begin_round, bad_finish, check_communicate
         return s
 
     monkeypatch.setattr(sim, "make_strategy", make_and_wrap)

@@ -16,6 +16,7 @@ FedPer is also "FedMoE-DA with P = 0".
 from __future__ import annotations
 
 from ..models.names import BACKBONE, group_kind
+from .client import Job
 from .state import State
 from .strategy import Strategy
 
@@ -47,8 +48,8 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def train(self, k, trainer, state, x, y, seed):
-        return trainer.train(state, x, y, seed, prox_center=state, prox_mu=self.config.mu)
+    def jobs(self, k, state, x, y, seed):
+        return [Job(state, x, y, seed, prox_center=state, prox_mu=self.config.mu)]
 
 
 class FedPer(Strategy):
@@ -66,11 +67,11 @@ class FedRep(FedPer):
 
     name = "fedrep"
 
-    def train(self, k, trainer, state, x, y, seed):
+    def jobs(self, k, state, x, y, seed):
         body = {r.key for g, refs in self.groups.items() if group_kind(g) == BACKBONE for r in refs}
         head = set(state) - body
         phases = [(self.config.head_epochs, head), (self.config.local_epochs, body)]
-        return trainer.train(state, x, y, seed, phases=[p for p in phases if p[0] > 0])
+        return [Job(state, x, y, seed, phases=[p for p in phases if p[0] > 0])]
 
 
 class Ditto(Strategy):
@@ -96,10 +97,15 @@ class Ditto(Strategy):
     def global_state(self) -> State:
         return self.server_state
 
-    def train(self, k, trainer, state, x, y, seed):
+    def jobs(self, k, state, x, y, seed):
+        """The global model from the server's latest, then the personal one pulled towards it."""
         start = {n: t.clone() for n, t in self.server_state.items()}
-        self.global_updates[k], _ = trainer.train(start, x, y, seed)
-        return trainer.train(state, x, y, seed, prox_center=self.server_state, prox_mu=self.config.ditto_lambda)
+        return [Job(start, x, y, seed), Job(state, x, y, seed, prox_center=self.server_state,
+                                            prox_mu=self.config.ditto_lambda)]
+
+    def finish(self, k, results):
+        self.global_updates[k] = results[0][0]
+        return results[1]
 
     def upload_state(self, k, states):
         return self.global_updates.get(k, self.server_state)

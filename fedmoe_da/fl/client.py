@@ -20,6 +20,18 @@ from .state import State, get_state, load_state
 
 
 @dataclass
+class Job:
+    """One local training, the arguments of ``Trainer.train``: what a strategy asks a client to train."""
+    state: State
+    x: Tensor
+    y: Tensor
+    seed: int
+    prox_center: State | None = None
+    prox_mu: float = 0.0
+    phases: list[tuple[int, set[str]]] | None = None
+
+
+@dataclass
 class EvalResult:
     loss: float
     accuracy: float
@@ -76,6 +88,15 @@ class Trainer:
         for p in params.values():
             p.requires_grad_(True)
         return get_state(model), total / max(steps, 1)
+
+    def train_jobs(self, jobs: list[Job]) -> list[tuple[State, float]]:
+        """Every job of a round, one after another: [(new state, mean training loss)] in the jobs' order.
+        (The stacked engine, ``engine.py``, trains them all at once.)"""
+        return [self.train(j.state, j.x, j.y, j.seed, j.prox_center, j.prox_mu, j.phases) for j in jobs]
+
+    def evaluate_many(self, items: list[tuple[State, Tensor, Tensor]]) -> list[EvalResult]:
+        """``evaluate`` of each (state, x, y), one after another."""
+        return [self.evaluate(state, x, y) for state, x, y in items]
 
     @torch.no_grad()
     def evaluate(self, state: State, x: Tensor, y: Tensor) -> EvalResult:

@@ -1,13 +1,18 @@
 """The one runner: ``simulate(config)`` runs a federated simulation in this process.
 
     data -> partition -> one model (clients hold states) -> for each round:
-        sample participants -> strategy.begin_round -> local training (strategy.train)
+        sample participants -> strategy.begin_round -> local training (strategy.jobs, trained by the engine
+        for every participant at once, then strategy.finish)
         -> strategy.communicate (upload, aggregate, download, p2p) -> evaluate every client
         -> append history, ledger, diagnostics to the run folder -> checkpoint (every checkpoint_every rounds)
 
 ``simulate(config, resume=True)`` or ``resume(run_dir)`` continues a run from
 its folder's checkpoint with a result identical to the uninterrupted run's
 (``checkpoint.py``).
+
+The engine (``config.engine``) runs local training and evaluation: ``stacked``
+(``engine.py``: every client at once) or ``loop`` (``client.py``: one client
+after another, the readable reference; the tests hold the two equal).
 
 Personalised accuracy is each client's own state on its own held-out split,
 evaluated after the round's communication (what the client would use now).
@@ -32,6 +37,7 @@ from ..models.names import gate_group, routed_column
 from ..moe import resolve_backend
 from . import checkpoint
 from .client import Trainer
+from .engine import StackedTrainer
 from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, load_run, matrix_key
 from .state import State, get_state, is_finite_state
 from .strategies import make_strategy
@@ -114,7 +120,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
     strategy: Strategy = make_strategy(config, models.param_groups(model), template, [c.num_train for c in clients],
                                        home_domains=table["home_domain"].tolist())
     strategy.start(states)
-    trainer = Trainer(model, config)
+    trainer = (StackedTrainer if config.engine == "stacked" else Trainer)(model, config)
     rng = seeds.generator(config.seed, "participants")
     folder = transport.folder(RunFolder(config.out)) if config.out else None
     if resume and folder:   # states, strategy and RNGs as after the checkpoint's round; the folder cut back to it
@@ -126,19 +132,19 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
             checkpoint.save(folder, 0, config, states, strategy, rng)   # round 0: a kill in round 1 resumes too
 
     history, diagnostics, matrices = done.history, done.diagnostics, done.matrices
-    written = {LEDGER: len(transport.ledger.rows), REJECTIONS: len(transport.ledger.rejected)}  # already in the folder
+    written = {LEDGER: len(transport.ledger), REJECTIONS: transport.ledger.num_rejections}  # already in the folder
     bar = tqdm(range(done.round + 1, config.rounds + 1), desc=config.strategy, disable=not config.progress,
                leave=False, initial=done.round, total=config.rounds)
     for rnd in bar:
         participants = sample_participants(rng, config.num_clients, config.participation)
         train_loss: dict[int, float] = {}
         strategy.begin_round(rnd, participants, states, transport)
-        for k in participants:
-            if not transport.hosts(k):   # distributed: the rank that hosts k trains it
-                continue
-            c = clients[k]
-            new, loss = strategy.train(k, trainer, states[k], c.x_train, c.y_train,
-                                       seeds.integer_seed(config.seed, "batches", rnd, k))
+        hosted = [k for k in participants if transport.hosts(k)]   # distributed: the rank that hosts k trains it
+        jobs = {k: strategy.jobs(k, states[k], clients[k].x_train, clients[k].y_train,
+                                 seeds.integer_seed(config.seed, "batches", rnd, k)) for k in hosted}
+        results = iter(trainer.train_jobs([job for k in hosted for job in jobs[k]]))
+        for k in hosted:
+            new, loss = strategy.finish(k, [next(results) for _ in jobs[k]])
             if is_finite_state(new) and math.isfinite(loss):
                 states[k], train_loss[k] = new, loss
         train_loss = transport.trained(train_loss)
@@ -161,7 +167,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
             folder.append(AGGREGATION, pd.DataFrame(new_diag))
             if new_diag:
                 folder.save_matrices(matrices)
-            written = {LEDGER: len(transport.ledger.rows), REJECTIONS: len(transport.ledger.rejected)}
+            written = {LEDGER: len(transport.ledger), REJECTIONS: transport.ledger.num_rejections}
             checkpoint.save(folder, rnd, config, states, strategy, rng)
         bar.set_postfix(acc=f"{np.nanmean([r['personalised_accuracy'] for r in rows]):.3f}")
 
@@ -177,14 +183,16 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
 def evaluate_round(rnd, config, clients, states, trainer, strategy, participants, train_loss) -> list[dict]:
     rows = []
     global_state = strategy.global_state
-    for c in clients:
-        ev = trainer.evaluate(states[c.client], c.x_test, c.y_test)
+    personal = trainer.evaluate_many([(states[c.client], c.x_test, c.y_test) for c in clients])
+    shared = (trainer.evaluate_many([(global_state, c.x_test, c.y_test) for c in clients])
+              if global_state is not None else [None] * len(clients))
+    for c, ev, glob in zip(clients, personal, shared):
         row = {"round": rnd, "client": c.client, "strategy": config.strategy, "seed": config.seed,
                "participated": c.client in participants, "train_loss": train_loss.get(c.client, math.nan),
                "test_loss": ev.loss, "personalised_accuracy": ev.accuracy,
                "global_accuracy": math.nan, "n_train": c.num_train, "n_test": len(c.y_test)}
-        if global_state is not None:
-            row["global_accuracy"] = trainer.evaluate(global_state, c.x_test, c.y_test).accuracy
+        if glob is not None:
+            row["global_accuracy"] = glob.accuracy
         for l, counts in enumerate(ev.routed):
             row.update({routed_column(l, e): n for e, n in enumerate(counts)})
         rows.append(row)

@@ -5,7 +5,9 @@ A strategy declares a channel per group kind (DESIGN section 4): ``server``
 ``local`` (never leaves the client). One round of a strategy is:
 
     begin_round  participants that missed the latest server aggregate get it (server-down)
-    train        each participant's local update (``Trainer.train``; FedProx, FedRep, Ditto override it)
+    jobs         what each participant trains (``client.Job``: from its state; FedProx, FedRep and Ditto
+                 say otherwise), trained by the engine for all participants at once; ``finish`` takes
+                 the results back (Ditto keeps its global copy)
     answering    who of them is still there (``config.dropout``: a participant may drop after training)
     upload       answering participants -> server   (server-up; ``config.upload_screen`` judges them)
     aggregate    server side: FedAvg of every server group (weights: training-set sizes), or a
@@ -35,7 +37,7 @@ from .. import seeds
 from ..config import ExperimentConfig
 from ..models import ParamRef
 from ..models.names import group_kind
-from .client import Trainer
+from .client import Job, Trainer
 from .robust import server_aggregate, upload_outliers
 from .state import State, read_group, write_group
 from .transport import SERVER, Transport
@@ -83,9 +85,17 @@ class Strategy:
                     self.receive(k, g, got, states)
             self.held[k] = self.server_version
 
+    def jobs(self, k: int, state: State, x, y, seed: int) -> list[Job]:
+        """What client k trains this round from ``state`` on its data (x, y): plain local training."""
+        return [Job(state, x, y, seed)]
+
+    def finish(self, k: int, results: list[tuple[State, float]]) -> tuple[State, float]:
+        """Client k's new state and training loss from the results of its ``jobs``, in order."""
+        return results[0]
+
     def train(self, k: int, trainer: Trainer, state: State, x, y, seed: int) -> tuple[State, float]:
-        """Client k's local update from ``state`` on its data (x, y)."""
-        return trainer.train(state, x, y, seed)
+        """Client k's local update, alone: ``finish`` of its ``jobs`` trained by ``trainer``."""
+        return self.finish(k, trainer.train_jobs(self.jobs(k, state, x, y, seed)))
 
     def communicate(self, rnd: int, participants: list[int], states: list[State], transport: Transport) -> None:
         answered = self.answering(rnd, participants, transport)

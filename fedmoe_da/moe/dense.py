@@ -20,6 +20,7 @@ to the same expert (tokens in order, as in the sort path):
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -33,16 +34,24 @@ def dense_dispatch(
     """(T, d) tokens through all E experts, kept where routed: -> y (T, d_out), counts (E,) assignments per expert.
 
     weights, indices (T, k) from the router; w1 (E, d, h), b1 (E, h), w2 (E, h, d_out), b2 (E, d_out).
+    Leading dimensions (the stacked engine's clients, ``fl/engine.py``) are independent layers: x (G, T, d),
+    w1 (G, E, d, h), ... -> y (G, T, d_out), counts (G, E).
     """
-    (T, d), E = x.shape, w1.shape[0]
+    *lead, T, d = x.shape
+    E, h, d_out = w1.shape[-3], w1.shape[-1], w2.shape[-1]
     acc = torch.promote_types(x.dtype, torch.float32)
-    routed = torch.zeros(T, E, dtype=torch.bool, device=x.device).scatter_(1, indices, True)     # (T, E)
-    counts = routed.sum(0)                                                                        # (E,)
-    gate = torch.zeros(T, E, dtype=acc, device=x.device).scatter(1, indices, weights.to(acc))    # (T, E)
+    # comparisons rather than scatters: the same values, and torch.func.vmap batches them (the stacked engine)
+    chosen = indices.unsqueeze(-1) == torch.arange(E, device=x.device)                           # (T, k, E)
+    routed = chosen.any(-2)                                                                       # (T, E)
+    counts = routed.sum(-2)                                                                       # (E,)
+    gate = (chosen * weights.to(acc).unsqueeze(-1)).sum(-2)                                       # (T, E)
     if capacity is not None:
-        rank = torch.cumsum(routed, 0) - 1                                                        # (T, E)
+        rank = torch.cumsum(routed, -2) - 1                                                       # (T, E)
         gate = gate * (rank < capacity)
-    h = activation(torch.baddbmm(b1.unsqueeze(1), x.expand(E, T, d), w1))                        # (E, T, h)
-    y_all = torch.baddbmm(b2.unsqueeze(1), h, w2)                                                 # (E, T, d_out)
-    y = (gate.T.unsqueeze(-1) * y_all.to(acc)).sum(0)                                             # (T, d_out)
+    n = E * math.prod(lead)                                                                       # batched layers
+    xs = x.unsqueeze(-3).expand(*lead, E, T, d).reshape(n, T, d)                                  # (E, T, d)
+    hid = activation(torch.baddbmm(b1.reshape(n, 1, h), xs, w1.reshape(n, d, h)))                # (E, T, h)
+    y_all = torch.baddbmm(b2.reshape(n, 1, d_out), hid, w2.reshape(n, h, d_out))                 # (E, T, d_out)
+    y_all = y_all.view(*lead, E, T, d_out)
+    y = (gate.transpose(-1, -2).unsqueeze(-1) * y_all.to(acc)).sum(-3)                            # (T, d_out)
     return y.to(x.dtype), counts

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backend import BACKENDS, dense_work, resolve_backend
+from .backend import BACKENDS, Backend, dense_work, resolve_backend
 from .router import load_balance_loss, z_loss
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
@@ -39,6 +39,25 @@ class Routing:
     logits: Tensor             # (T, E) gate logits
     tokens_per_expert: Tensor  # (E,) int64 assignments per expert
     dropped: int               # assignments dropped by the capacity limit (0 when dropless)
+
+
+def moe_apply(backend: Backend, x: Tensor, gate: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, top_k: int,
+              activation, capacity: int | None = None, mask: Tensor | None = None):
+    """The layer's math on explicit parameters: x (T, d), gate (E, d), experts stacked as in ``MoELayer``.
+
+    Returns y (T, d_out), weights (T, k), indices (T, k), logits (T, E), counts (E,) and the aux losses
+    ``{"load_balance", "z_loss"}``. With the dense backend, leading dimensions are independent layers
+    (x (G, T, d), gate (G, E, d), w1 (G, E, d, h), ...; losses (G,)): the stacked engine trains every
+    client's layer at once with this same function (``fl/engine.py``), with ``mask`` (G, T) marking the
+    real tokens of padded batches (the losses leave the rest out; padding goes last, so a capacity is
+    filled by real tokens first).
+    """
+    logits = torch.matmul(x, gate.transpose(-1, -2))                     # (T, E)
+    weights, indices = backend.topk_softmax(logits, top_k)               # (T, k), (T, k)
+    y, counts = backend.dispatch(x, weights, indices, w1, b1, w2, b2, activation, capacity)   # (T, d_out), (E,)
+    probs = torch.softmax(logits.float(), dim=-1)                        # (T, E) for P_e
+    aux = {"load_balance": load_balance_loss(probs, indices, gate.shape[-2], mask), "z_loss": z_loss(logits, mask)}
+    return y, weights, indices, logits, counts, aux
 
 
 class MoELayer(nn.Module):
@@ -90,17 +109,10 @@ class MoELayer(nn.Module):
         capacity = self.capacity(T)
         work = dense_work(T, d, h, d_out, E) if capacity is None else None   # 'auto' picks dense only dropless
         backend = resolve_backend(self.backend, x.device, work)
-        logits = self.gate(x)                                            # (T, E)
-        weights, indices = backend.topk_softmax(logits, self.top_k)      # (T, k), (T, k)
-        y, counts = backend.dispatch(x, weights, indices, self.w1, self.b1, self.w2, self.b2,
-                                     self.activation, capacity)          # (T, d_out), (E,)
+        y, weights, indices, logits, counts, self.aux_losses = moe_apply(
+            backend, x, self.gate.weight, self.w1, self.b1, self.w2, self.b2, self.top_k, self.activation, capacity)
         # a host sync: only paid when a capacity is set
         dropped = 0 if capacity is None else int((counts - capacity).clamp(min=0).sum())
-        probs = torch.softmax(logits.float(), dim=-1)                    # (T, E) for P_e
-        self.aux_losses = {
-            "load_balance": load_balance_loss(probs, indices, self.num_experts),
-            "z_loss": z_loss(logits),
-        }
         self.aux_loss = self.lb_coef * self.aux_losses["load_balance"] + self.z_coef * self.aux_losses["z_loss"]
         self.routing = Routing(weights.detach(), indices.detach(), logits.detach(), counts.detach(), dropped)
         return y.reshape(*lead, y.shape[-1])

@@ -15,26 +15,30 @@ from torch import Tensor
 def topk_softmax_reference(logits: Tensor, k: int, renormalize: bool = True) -> tuple[Tensor, Tensor]:
     """Softmax over experts, then the k largest probabilities per token.
 
-    logits: (T, E). Returns weights (T, k) fp32 and indices (T, k) int64.
+    logits: (..., T, E). Returns weights (..., T, k) fp32 and indices (..., T, k) int64 (leading
+    dimensions, e.g. the stacked engine's clients, are independent problems).
     Ties break to the lower expert index: a *stable* descending sort keeps
     equal probabilities in index order (``torch.topk`` promises no order).
     """
     probs = torch.softmax(logits.float(), dim=-1)                   # (T, E)
     sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    weights, indices = sorted_p[:, :k], order[:, :k]                 # (T, k)
+    weights, indices = sorted_p[..., :k], order[..., :k]             # (T, k)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, indices
 
 
-def expert_counts(indices: Tensor, num_experts: int) -> Tensor:
-    """Assignments per expert, (T, k) -> (E,) int64. A scatter-add: unlike bincount, no host sync on CUDA."""
-    flat = indices.reshape(-1)                                                    # (T*k,)
-    return torch.zeros(num_experts, dtype=torch.int64, device=indices.device).scatter_add_(
-        0, flat, torch.ones_like(flat))
+def expert_counts(indices: Tensor, num_experts: int, mask: Tensor | None = None) -> Tensor:
+    """Assignments per expert, (..., T, k) -> (..., E) int64. Comparisons and a sum: unlike bincount, no host
+    sync on CUDA, and leading dimensions (the stacked engine's clients) stay apart. ``mask`` (..., T): only
+    the tokens where it is True count (the stacked engine pads batches)."""
+    chosen = indices.unsqueeze(-1) == torch.arange(num_experts, device=indices.device)   # (..., T, k, E)
+    if mask is not None:
+        chosen = chosen & mask[..., None, None]
+    return chosen.sum(dim=(-3, -2))
 
 
-def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Tensor:
+def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int, mask: Tensor | None = None) -> Tensor:
     """Switch-style load balance, scaled so that perfect balance gives 1.
 
         L_lb = (E / k) * sum_e f_e * P_e
@@ -42,14 +46,23 @@ def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int) -> Tenso
         P_e  = mean over tokens of softmax prob of e
 
     At perfect balance f_e = k/E and P_e = 1/E, so L_lb = 1. Only P_e carries
-    gradient (the counts are not differentiable).
+    gradient (the counts are not differentiable). With ``mask`` (..., T), T counts only the tokens where it
+    is True (padding left out).
     """
-    T, k = indices.shape
-    f = expert_counts(indices, num_experts).float() / T                          # (E,)
-    P = probs.float().mean(dim=0)                                                 # (E,)
-    return (num_experts / k) * torch.sum(f * P)
+    T, k = indices.shape[-2:]                                                     # leading dims: one loss each
+    if mask is None:
+        f = expert_counts(indices, num_experts).float() / T                      # (E,)
+        P = probs.float().mean(dim=-2)                                            # (E,)
+    else:
+        valid = mask.sum(dim=-1, keepdim=True).clamp(min=1)                       # (..., 1)
+        f = expert_counts(indices, num_experts, mask).float() / valid
+        P = torch.where(mask.unsqueeze(-1), probs.float(), 0.0).sum(dim=-2) / valid
+    return (num_experts / k) * torch.sum(f * P, dim=-1)
 
 
-def z_loss(logits: Tensor) -> Tensor:
-    """Router z-loss: mean over tokens of logsumexp(logits)^2 (keeps logits small)."""
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+def z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Router z-loss: mean over tokens of logsumexp(logits)^2 (keeps logits small); ``mask`` as in load_balance_loss."""
+    lse2 = torch.logsumexp(logits.float(), dim=-1).pow(2)                        # (..., T) leading dims: one loss each
+    if mask is None:
+        return lse2.mean(dim=-1)
+    return torch.where(mask, lse2, 0.0).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)

@@ -1,0 +1,215 @@
+"""The stacked engine: every client's local training of a round at once, and every client's evaluation.
+
+``Trainer`` (``client.py``) is the readable reference: one client after another,
+a real ``torch.optim`` optimizer, the model module itself. ``StackedTrainer``
+gives the same results (within float rounding: ``tests/test_engine.py``
+checks every strategy against it) by training up to ``CHUNK`` clients in one
+pass:
+
+* **Parameters** of the chunk are stacked: one tensor per weight, client first
+  (``models/stacked.py`` runs the forward pass on them).
+* **Batches.** Each client keeps its own seed, epochs and mini-batch order
+  (drawn exactly as ``Trainer.train`` draws them). Step s takes every client's
+  s-th batch; a client's last batch of an epoch is shorter, so batches are
+  padded at the end and masked (the loss, the aux losses and the routing
+  counts see real rows only). Clients are sorted by their number of steps, so
+  the clients still training at step s are a prefix of the chunk and a
+  finished client is never touched again.
+* **Loss.** The sum over clients of each client's loss (its mean cross-entropy
+  + aux losses + its proximal term): client g's parameters get exactly the
+  gradient of client g's loss.
+* **Optimizer.** Adam and SGD (momentum, weight decay) written out on the
+  stacked tensors, element for element as ``torch.optim`` computes them, one
+  update per step for the clients still training.
+* **Phases** (FedRep) and proximal centres (FedProx, Ditto) as in
+  ``Trainer.train``; jobs with different phases or proximal settings train in
+  separate groups.
+
+A chunk's working set is a few copies of its parameters plus one step's
+activations, so memory does not grow with the number of clients beyond
+their states. Models that do not stack (the ViT: ``models.stacked.stackable``
+says why) run one client at a time through ``Trainer``.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models.stacked import stackable, stacked_forward
+from .client import EvalResult, Job, Trainer
+from .state import State
+
+CHUNK = 64              # clients trained together; their stacked states and optimizer moments stay small
+EVAL_ROWS = 4096        # rows (clients x test examples) per evaluation pass
+
+
+class StackedTrainer(Trainer):
+    """``Trainer`` with ``train_jobs`` and ``evaluate_many`` running every client at once (CNN and MLP)."""
+
+    def __init__(self, model, config) -> None:
+        super().__init__(model, config)
+        self.why_not = stackable(self.model)
+        self.names = [n for n, _ in self.model.named_parameters()]
+
+    # ------------------------------------------------------------------ training
+    def train_jobs(self, jobs: list[Job]) -> list[tuple[State, float]]:
+        if self.why_not is not None:
+            return super().train_jobs(jobs)
+        out: list[tuple[State, float] | None] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[self._signature(job)].append(i)
+        for members in groups.values():
+            members.sort(key=lambda i: -self._steps(jobs[i]))            # still training at step s: a prefix
+            for start in range(0, len(members), CHUNK):
+                chunk = members[start:start + CHUNK]
+                for i, result in zip(chunk, self._train_chunk([jobs[i] for i in chunk])):
+                    out[i] = result
+        return out  # type: ignore[return-value]
+
+    def _phases(self, job: Job) -> list[tuple[int, set[str]]]:
+        return job.phases if job.phases is not None else [(self.config.local_epochs, set(self.names))]
+
+    def _signature(self, job: Job) -> tuple:
+        prox = job.prox_center is not None and job.prox_mu != 0
+        return tuple((e, frozenset(t)) for e, t in self._phases(job)), prox
+
+    def _steps(self, job: Job) -> int:
+        per_epoch = math.ceil(len(job.y) / self.config.batch_size)
+        return sum(e for e, _ in self._phases(job)) * per_epoch
+
+    def _schedule(self, jobs: list[Job], epochs: list[int], gens: list[torch.Generator],
+                  offsets: list[int]) -> tuple[Tensor, Tensor]:
+        """Row indices (S, G, B) into the chunk's concatenated data and their mask: step s, client g, slot b."""
+        B = self.config.batch_size
+        per_client = []
+        for job, gen, off in zip(jobs, gens, offsets):
+            batches = []
+            for _ in epochs:
+                order = torch.randperm(len(job.y), generator=gen)           # as Trainer.train draws it
+                batches += [order[s:s + B] + off for s in range(0, len(job.y), B)]
+            per_client.append(batches)
+        S = max(len(b) for b in per_client)
+        index = torch.zeros(S, len(jobs), B, dtype=torch.long)
+        mask = torch.zeros(S, len(jobs), B, dtype=torch.bool)
+        for g, batches in enumerate(per_client):
+            for s, rows in enumerate(batches):
+                index[s, g, :len(rows)], mask[s, g, :len(rows)] = rows, True
+        return index, mask
+
+    def _train_chunk(self, jobs: list[Job]) -> list[tuple[State, float]]:
+        cfg, dev, G = self.config, self.config.device, len(jobs)
+        P = {n: torch.stack([j.state[n] for j in jobs]).to(dev) for n in self.names}         # (G, ...)
+        prox = jobs[0].prox_center is not None and jobs[0].prox_mu != 0
+        if prox:
+            centre = {n: torch.stack([j.prox_center[n] for j in jobs]).to(dev) for n in self.names}
+            mu = torch.tensor([j.prox_mu for j in jobs], dtype=P[self.names[0]].dtype, device=dev)
+        X = torch.cat([j.x for j in jobs]).to(dev)
+        Y = torch.cat([j.y for j in jobs]).to(dev)
+        offsets = [0] + [int(v) for v in torch.cumsum(torch.tensor([len(j.y) for j in jobs]), 0)[:-1]]
+        gens = [torch.Generator().manual_seed(j.seed) for j in jobs]
+        loss_sum = torch.zeros(G, dtype=torch.float64, device=dev)
+        steps = torch.zeros(G, dtype=torch.long, device=dev)
+        for epochs, trained in self._phases(jobs[0]):
+            names = [n for n in self.names if n in trained]
+            opt = StackedOptimizer(cfg, {n: P[n] for n in names})
+            index, mask = self._schedule(jobs, list(range(epochs)), gens, offsets)
+            active = (mask[:, :, 0]).sum(1).tolist()                         # clients still training, per step
+            for s, g in enumerate(active):
+                idx, m = index[s, :g].to(dev), mask[s, :g].to(dev)
+                params = {n: P[n][:g].detach().requires_grad_(n in trained) for n in self.names}   # views of P
+                logits, aux, _ = stacked_forward(self.model, params, X[idx], m)     # (g, B, classes), (g,)
+                ce = F.cross_entropy(logits.flatten(0, 1), Y[idx].flatten(), reduction="none").view(m.shape)
+                loss = torch.where(m, ce, 0.0).sum(1) / m.sum(1) + aux                # (g,) each client's mean
+                if prox:                                                              # (mu / 2) ||w - centre||^2
+                    loss = loss + 0.5 * mu[:g] * sum(((params[n] - centre[n][:g]) ** 2).flatten(1).sum(1)
+                                                     for n in names)
+                grads = torch.autograd.grad(loss.sum(), [params[n] for n in names])
+                opt.step(g, dict(zip(names, grads)))
+                loss_sum[:g] += loss.detach()
+                steps[:g] += 1
+        mean_loss = (loss_sum / steps.clamp(min=1)).tolist()
+        return [({n: P[n][g].detach().clone() for n in self.names}, mean_loss[g]) for g in range(G)]
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate_many(self, items: list[tuple[State, Tensor, Tensor]]) -> list[EvalResult]:
+        if self.why_not is not None:
+            return super().evaluate_many(items)
+        dev, E = self.config.device, self.model.moe_layers[0].num_experts
+        out = []
+        per = max(1, EVAL_ROWS // max(1, max((len(y) for _, _, y in items), default=1)))
+        for start in range(0, len(items), per):
+            chunk = items[start:start + per]
+            G, n_max = len(chunk), max(len(y) for _, _, y in chunk)
+            P = {n: torch.stack([s[n] for s, _, _ in chunk]).to(dev) for n in self.names}
+            loss_sum = torch.zeros(G, dtype=torch.float64, device=dev)
+            correct = torch.zeros(G, dtype=torch.long, device=dev)
+            counts = torch.zeros(G, E, dtype=torch.long, device=dev)
+            rows = max(1, EVAL_ROWS // G)
+            for r0 in range(0, n_max, rows):                                  # a huge test set in slices
+                xs = [x[r0:r0 + rows] for _, x, _ in chunk]
+                ys = [y[r0:r0 + rows] for _, _, y in chunk]
+                b = max(len(y) for y in ys)
+                if b == 0:
+                    continue
+                x = torch.zeros(G, b, *chunk[0][1].shape[1:], dtype=chunk[0][1].dtype)
+                y = torch.zeros(G, b, dtype=torch.long)
+                m = torch.zeros(G, b, dtype=torch.bool)
+                for g, (xg, yg) in enumerate(zip(xs, ys)):
+                    x[g, :len(yg)], y[g, :len(yg)], m[g, :len(yg)] = xg, yg, True
+                x, y, m = x.to(dev), y.to(dev), m.to(dev)
+                logits, _, routed = stacked_forward(self.model, P, x, m)
+                ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m.shape)
+                loss_sum += torch.where(m, ce, 0.0).sum(1)
+                correct += ((logits.argmax(-1) == y) & m).sum(1)
+                counts += routed[0]
+            n = torch.tensor([len(y) for _, _, y in chunk], device=dev)
+            loss, acc = (loss_sum / n).tolist(), (correct / n).tolist()
+            for g in range(G):
+                nan = int(n[g]) == 0
+                out.append(EvalResult(math.nan if nan else loss[g], math.nan if nan else acc[g],
+                                      [counts[g].tolist()]))
+        return out
+
+
+class StackedOptimizer:
+    """Adam or SGD (``config.optimizer``) on stacked parameters, updating clients [:g] only, as torch.optim does.
+
+    One instance per phase (a fresh optimizer, as ``Trainer.train`` makes one per phase). Every client still
+    training has taken the same number of steps (the prefix rule), so one step count serves them all.
+    """
+
+    def __init__(self, config, params: dict[str, Tensor]) -> None:
+        self.cfg, self.params, self.t = config, params, 0
+        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in params.items()} if config.optimizer == "adam" else {}
+
+    @torch.no_grad()
+    def step(self, g: int, grads: dict[str, Tensor]) -> None:
+        cfg = self.cfg
+        self.t += 1
+        for n, grad in grads.items():
+            p, m = self.params[n][:g], self.m[n][:g]
+            if cfg.weight_decay != 0:
+                grad = grad.add(p, alpha=cfg.weight_decay)
+            if cfg.optimizer == "adam":                                   # torch.optim.Adam, single-tensor path
+                beta1, beta2 = 0.9, 0.999
+                v = self.v[n][:g]
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                bias1, bias2 = 1 - beta1 ** self.t, 1 - beta2 ** self.t
+                denom = (v.sqrt() / math.sqrt(bias2)).add_(1e-8)
+                p.addcdiv_(m, denom, value=-cfg.lr / bias1)
+            else:                                                         # torch.optim.SGD with momentum
+                if cfg.momentum != 0:
+                    if self.t == 1:
+                        m.copy_(grad)
+                    else:
+                        m.mul_(cfg.momentum).add_(grad)
+                    grad = m
+                p.add_(grad, alpha=-cfg.lr)
