@@ -118,18 +118,70 @@ def plot_matrix(A, labels: list[str] | None = None, title: str = "aggregation ma
     return fig, ax, df
 
 
-def plot_p2p_graph(ledger: pd.DataFrame, round: int) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
-    """Who fetched experts from whom in ``round``: arrows peer -> client, width by bytes."""
+def domain_layout(clients: pd.DataFrame, radius: float = 0.36) -> dict[int, np.ndarray]:
+    """Clients grouped by home domain (``result.clients``): each domain a small circle of its clients, the domains'
+    centres on the unit circle, so edges inside a domain stay inside its cluster and edges across domains run between."""
+    domains = sorted(clients["home_domain"].unique())
+    pos = {}
+    for d, domain in enumerate(domains):
+        centre = np.pi / 2 - 2 * np.pi * d / len(domains)
+        members = sorted(int(c) for c in clients.loc[clients["home_domain"] == domain, "client"])
+        for i, client in enumerate(members):
+            angle = centre + np.pi - 2 * np.pi * (i + 0.5) / len(members)
+            pos[client] = np.array([np.cos(centre), np.sin(centre)]) + radius * np.array([np.cos(angle), np.sin(angle)])
+    return pos
+
+
+def plot_p2p_graph(ledger: pd.DataFrame, round: int | None = None, clients: pd.DataFrame | None = None,
+                   ax: plt.Axes | None = None) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Who fetched experts from whom in ``round`` (None: all rounds): one arrow peer -> client per pair, width by bytes.
+
+    With ``clients`` (``result.clients``) the clients sit on a circle in one arc per home domain, coloured by
+    it; an edge inside a domain takes the domain's colour, one across domains is grey, and df gains
+    src_domain, dst_domain. Every client is drawn, fetching or not, so the layout stays put from round to round.
+    """
     g = p2p_graph(ledger, round)
     df = pd.DataFrame([{"src": u, "dst": v, **{k: d[k] for k in ("bytes", "experts")}} for u, v, d in g.edges(data=True)],
                       columns=["src", "dst", "bytes", "experts"])
-    fig, ax = plt.subplots(figsize=(5, 5))
-    if g.number_of_nodes():
-        pos = nx.circular_layout(sorted(g.nodes()))
-        widths = 0.5 + 3 * df["bytes"] / df["bytes"].max()
-        nx.draw_networkx(g, pos, ax=ax, node_color="#8ecae6", width=list(widths), arrowsize=8,
-                         connectionstyle="arc3,rad=0.1", font_size=8)
-    ax.set_title(f"P2P expert fetches, round {round} ({df['bytes'].sum() / 1e6:.2f} MB)")
+    fig, ax = plt.subplots(figsize=(6, 6) if clients is not None else (5, 5)) if ax is None else (ax.figure, ax)
+    when = "all rounds" if round is None else f"round {round}"
+    title = f"P2P expert fetches, {when} ({df['bytes'].sum() / 1e6:.2f} MB)"
+    if clients is None:
+        if g.number_of_nodes():
+            pos = nx.circular_layout(sorted(g.nodes()))
+            widths = 0.5 + 3 * df["bytes"] / df["bytes"].max()
+            nx.draw_networkx(g, pos, ax=ax, node_color="#8ecae6", width=list(widths), arrowsize=8,
+                             connectionstyle="arc3,rad=0.1", font_size=8)
+    else:
+        home = clients.set_index("client")
+        df["src_domain"] = df["src"].map(home["home_domain_name"])
+        df["dst_domain"] = df["dst"].map(home["home_domain_name"])
+        names = clients.drop_duplicates("home_domain").sort_values("home_domain")
+        colour = {d: plt.cm.tab10(i % 10) for i, d in enumerate(names["home_domain_name"])}
+        pos = domain_layout(clients)
+        g.add_nodes_from(pos)
+        nodes = list(pos)
+        nx.draw_networkx_nodes(g, pos, nodelist=nodes, ax=ax, node_size=260,
+                               node_color=[colour[home.loc[c, "home_domain_name"]] for c in nodes])
+        nx.draw_networkx_labels(g, pos, labels={c: str(c) for c in nodes}, ax=ax, font_size=7)
+        if len(df):
+            same = df["src_domain"] == df["dst_domain"]
+            nx.draw_networkx_edges(g, pos, edgelist=list(zip(df["src"], df["dst"])), ax=ax, node_size=260,
+                                   width=list(0.4 + 3.5 * df["bytes"] / df["bytes"].max()),
+                                   edge_color=[colour[d] if s else "#9a9a9a" for d, s in zip(df["dst_domain"], same)],
+                                   alpha=list(0.15 + 0.7 * df["bytes"] / df["bytes"].max()), arrowsize=7,
+                                   connectionstyle="arc3,rad=0.12")
+            title += f"\n{df.loc[same, 'bytes'].sum() / max(df['bytes'].sum(), 1):.0%} of the bytes within a home domain"
+        for name in names["home_domain_name"]:
+            xy = np.mean([pos[c] for c in home.index[home["home_domain_name"] == name]], axis=0)
+            u = xy / max(np.linalg.norm(xy), 1e-9)
+            ax.text(*(1.52 * u), name, color=colour[name], fontsize=10, fontweight="bold",
+                    ha="left" if u[0] > 0.3 else "right" if u[0] < -0.3 else "center",
+                    va="bottom" if u[1] > 0.3 else "top" if u[1] < -0.3 else "center")
+        ax.plot([], [], color="#9a9a9a", label="across domains")
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
+        ax.set(xlim=(-1.75, 1.75), ylim=(-1.75, 1.75), aspect="equal")
+    ax.set_title(title, fontsize=10)
     ax.axis("off")
     return fig, ax, df
 
@@ -267,3 +319,187 @@ def plot_purity(df: pd.DataFrame, x: str = "P", hue: str = "proxy") -> tuple[plt
 __all__ = ["plot_comparison", "plot_partition", "plot_matrix", "plot_p2p_graph", "plot_routing",
            "accuracy_per_round", "cumulative_bytes",
            "plot_domain_samples", "plot_client_data", "plot_token_routing", "routing_by_domain", "plot_routing_by_domain", "plot_purity"]
+
+
+# -- comparing finished runs: accuracy, clients, traffic per channel; sensitivity sweeps (notebooks 05-07) --
+CHANNELS = (*SERVER_CHANNELS, "p2p")
+CHANNEL_SUMMARY = {"server-up": "server_up_bytes", "server-down": "server_down_bytes", "p2p": "p2p_bytes"}  # run summary keys
+METRIC_LABELS = {"final_acc": "final personalised accuracy", "worst10": "worst 10% of clients",
+                 "client_std": "std over clients", "best_acc": "best-round accuracy", "server_MB": "server MB",
+                 "p2p_MB": "P2P MB", "total_MB": "total MB", "purity": "domain purity of A (first refresh)"}
+
+
+def run_label(result) -> str:
+    """A run's name in tables and legends: its config's label, else its strategy (as ``results.comparison_table``)."""
+    return result.config.label or result.config.strategy
+
+
+def channel_bytes(results) -> pd.DataFrame:
+    """MB per (strategy, channel) over the whole run, mean over seeds; channels server-up, server-down, p2p."""
+    rows = [{"strategy": run_label(r), "seed": r.config.seed, "channel": ch,
+             "MB": r.summary[CHANNEL_SUMMARY[ch]] / 1e6} for r in results for ch in CHANNELS]
+    return pd.DataFrame(rows).groupby(["strategy", "channel"], sort=False)["MB"].mean().reset_index()
+
+
+def plot_channel_bytes(results, baseline: str = "fedavg") -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Stacked bars, one per strategy: MB sent up to the server, down from it, and peer to peer.
+
+    Above each bar: its server and total MB as a multiple of ``baseline``'s (when that strategy is among the runs)."""
+    df = channel_bytes(results)
+    wide = df.pivot(index="strategy", columns="channel", values="MB").reindex(index=list(dict.fromkeys(df["strategy"])),
+                                                                             columns=list(CHANNELS))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(wide) + 2), 4))
+    bottom = np.zeros(len(wide))
+    for ch, colour in zip(CHANNELS, ("#219ebc", "#8ecae6", "#fb8500")):
+        ax.bar(wide.index, wide[ch], bottom=bottom, color=colour, label=ch)
+        bottom += wide[ch].to_numpy()
+    if baseline in wide.index:
+        base = wide.loc[baseline]
+        server_base, total_base = base[list(SERVER_CHANNELS)].sum(), base.sum()
+        for i, (_, row) in enumerate(wide.iterrows()):
+            if total_base > 0:
+                text = f"server {row[list(SERVER_CHANNELS)].sum() / server_base:.2f}\ntotal {row.sum() / total_base:.2f}"
+                ax.text(i, row.sum(), text, ha="center", va="bottom", fontsize=7)
+        ax.set_title(f"traffic per channel (x {baseline}'s above each bar)", fontsize=10)
+    else:
+        ax.set_title("traffic per channel", fontsize=10)
+    ax.set(ylabel="MB over the run (mean over seeds)")
+    ax.set_ylim(0, 1.2 * max(bottom.max(), 1e-9))
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig, ax, df
+
+
+def plot_accuracy_curves(results) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Personalised accuracy per round, one line per strategy: mean over clients, band ± std over clients
+    (both averaged over seeds; ``accuracy_per_round``)."""
+    df = accuracy_per_round([r.history.assign(strategy=run_label(r)) for r in results])
+    seeds = len({r.config.seed for r in results})
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for strategy, part in df.groupby("strategy", sort=False):
+        line, = ax.plot(part["round"], part["mean"], label=strategy)
+        ax.fill_between(part["round"], part["mean"] - part["std"], part["mean"] + part["std"], color=line.get_color(),
+                        alpha=0.12)
+    ax.set(xlabel="round", ylabel="personalised accuracy",
+           title=f"accuracy per round (mean ± std over clients, {seeds} seed{'s' * (seeds > 1)})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig, ax, df
+
+
+def client_accuracy(results, round: int | None = None) -> pd.DataFrame:
+    """One row per (strategy, seed, client): personalised accuracy at ``round`` (None: each run's last), the client's
+    home domain, and its rank within the strategy from the worst (0) over all its seeds' clients."""
+    parts = []
+    for r in results:
+        last = int(r.history["round"].max()) if round is None else round
+        h = r.history[r.history["round"] == last][["client", "personalised_accuracy"]]
+        h = h.merge(r.clients[["client", "home_domain", "home_domain_name"]], on="client", how="left")
+        parts.append(h.assign(strategy=run_label(r), seed=r.config.seed, round=last))
+    df = pd.concat(parts, ignore_index=True).rename(columns={"personalised_accuracy": "accuracy"})
+    df = df[["strategy", "seed", "round", "client", "home_domain", "home_domain_name", "accuracy"]]
+    df["rank"] = df.groupby("strategy", sort=False)["accuracy"].rank(method="first").astype(int) - 1
+    return df
+
+
+def plot_client_accuracy(results, round: int | None = None) -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
+    """Left: every client's accuracy, sorted from the worst, one line per strategy (seeds pooled): where the
+    curves part at the left is where the worst clients differ. Right: mean accuracy per home domain."""
+    df = client_accuracy(results, round)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    order = list(dict.fromkeys(df["strategy"]))
+    for strategy in order:
+        part = df[df["strategy"] == strategy].sort_values("rank")
+        axes[0].plot(part["rank"], part["accuracy"], marker=".", ms=4, label=strategy)
+    axes[0].set(xlabel="client, from the worst (seeds pooled)", ylabel="personalised accuracy",
+                title="final accuracy per client, sorted")
+    axes[0].legend(fontsize=8)
+    by_domain = (df.groupby(["home_domain", "home_domain_name", "strategy"], sort=False)["accuracy"].mean()
+                 .unstack("strategy")[order].sort_index(level=0).droplevel(0))
+    by_domain.plot.bar(ax=axes[1], width=0.8, rot=0, legend=False)
+    axes[1].set(xlabel="home domain", ylabel="mean accuracy of its clients", title="per home domain")
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig, axes, df
+
+
+def plot_sensitivity(table: pd.DataFrame, metric: str = "final_acc",
+                     knobs: list[str] | None = None) -> tuple[plt.Figure, np.ndarray, pd.DataFrame]:
+    """One panel per swept knob: ``metric`` against the knob's values (line for numbers, bars for names), the
+    base point starred. table: one row per (knob, value) with a ``base`` flag and the metric columns."""
+    knobs = list(dict.fromkeys(table["knob"])) if knobs is None else list(knobs)
+    if metric not in table.columns:
+        raise ValueError(f"metric={metric!r} is invalid: must be one of {', '.join(c for c in METRIC_LABELS if c in table.columns)}")
+    unknown = [k for k in knobs if k not in set(table["knob"])]
+    if unknown:
+        raise ValueError(f"knob {unknown[0]!r} is not in the sweep: swept are {', '.join(dict.fromkeys(table['knob']))}")
+    cols = ["knob", "value", "base", *(["fixed"] if "fixed" in table.columns else []), metric]
+    df = table[table["knob"].isin(knobs)][cols].reset_index(drop=True)
+    fig, axes = plt.subplots(1, len(knobs), figsize=(3.3 * len(knobs) + 0.5, 3.4), sharey=True, squeeze=False)
+    for ax, knob in zip(axes[0], knobs):
+        part = df[df["knob"] == knob]
+        values = list(part["value"])
+        numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            ax.plot(values, part[metric], marker="o")
+            positive = min(values) > 0
+            if positive and max(values) / min(values) >= 10:
+                ax.set_xscale("log")
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.minorticks_off()
+        else:
+            ax.bar(range(len(values)), part[metric], color="#8ecae6")
+            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=20, fontsize=8)
+        base = part[part["base"]]
+        x_base = list(base["value"]) if numeric else [values.index(v) for v in base["value"]]
+        ax.plot(x_base, base[metric], marker="*", ms=13, color="#fb8500", ls="none", label="base")
+        at = part["fixed"].iloc[0] if "fixed" in part.columns else ""
+        ax.set(xlabel=f"{knob} (at {at})" if at else knob, title=f"{METRIC_LABELS.get(metric, metric)}\nagainst {knob}")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(METRIC_LABELS.get(metric, metric))
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig, axes, df
+
+
+__all__ += ["run_label", "channel_bytes", "plot_channel_bytes", "plot_accuracy_curves", "client_accuracy",
+            "plot_client_accuracy", "plot_sensitivity", "domain_layout"]
+
+
+def plot_p2p_matrix(ledger: pd.DataFrame, clients: pd.DataFrame,
+                    round: int | None = None) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """The P2P graph as a matrix: bytes each client (column) fetched from each peer (row) in ``round`` (None: all),
+    clients ordered by home domain with the domains' blocks outlined, so within-domain traffic is the diagonal blocks.
+    df: one row per (src, dst) pair of clients, zeros included."""
+    g = p2p_graph(ledger, round)
+    order = clients.sort_values(["home_domain", "client"])
+    ids, names = [int(c) for c in order["client"]], list(order["home_domain_name"])
+    M = pd.DataFrame(0, index=pd.Index(ids, name="src"), columns=pd.Index(ids, name="dst"), dtype=float)
+    for u, v, d in g.edges(data=True):
+        M.loc[u, v] = d["bytes"] / 1e6
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    sns.heatmap(M, ax=ax, cmap="rocket_r", square=True, cbar_kws={"fraction": 0.046, "label": "MB"},
+                xticklabels=True, yticklabels=True)
+    starts = [i for i in range(len(names)) if i == 0 or names[i] != names[i - 1]] + [len(names)]
+    for b in starts[1:-1]:
+        ax.axhline(b, color="#219ebc", lw=1)
+        ax.axvline(b, color="#219ebc", lw=1)
+    for a, b in zip(starts, starts[1:]):
+        ax.text((a + b) / 2, -0.25, names[a], ha="center", va="bottom", fontsize=8, color="#219ebc", clip_on=False)
+    ax.tick_params(labelsize=7)
+    when = "all rounds" if round is None else f"round {round}"
+    ax.set(xlabel="client (fetches)", ylabel="peer (serves)")
+    ax.set_title(f"P2P MB per pair, {when}, by home domain", pad=16)
+    fig.tight_layout()
+    df = M.stack().rename("MB").reset_index()
+    df["src_domain"] = df["src"].map(dict(zip(ids, names)))
+    df["dst_domain"] = df["dst"].map(dict(zip(ids, names)))
+    return fig, ax, df
+
+
+__all__ += ["plot_p2p_matrix"]

@@ -1,0 +1,134 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Peer to peer: who fetches what from whom, and what it costs
+#
+# In FedMoE-DA the server never carries an expert. Every round it averages the backbone (FedAvg), collects
+# the gates, recomputes the aggregation matrix A and sends each client **its rows of A**: for each of its
+# expert slots, which (peer, slot) experts to average with and with what weights. The client then fetches
+# those experts **from the peers themselves**, each distinct remote expert once however many of its rows use
+# it, and applies Eq. 11 locally.
+#
+# Every transfer of a run is one row of its **ledger**: `round, src, dst, channel, group, numel, bytes,
+# accepted`, with channel `server-up` (client to server), `server-down` (server to client) or `p2p`
+# (client to client), and `src`/`dst` = -1 for the server. This notebook reads the ledger of a trained
+# FedMoE-DA run on the defaults (20 clients, one home digit domain each, 30 rounds, P = 3, I = 1) and of a
+# FedAvg run on the same partition; notebooks 03 and 04 use the same runs, so they are trained once.
+
+# %% tags=["parameters"]
+SMOKE = False               # papermill sets True in CI: tiny runs in seconds
+FIG_DIR = None              # a folder: save this notebook's paper figures there
+RUNS_DIR = "runs/course"    # finished runs are cached here and read back by the next notebook
+SEED = 0
+
+# %%
+import matplotlib.pyplot as plt
+
+from fedmoe_da import ExperimentConfig, results, viz
+from fedmoe_da.explorers.p2p import p2p_explorer
+from fedmoe_da.figures import save_figure
+from fedmoe_da.models.names import group_kind
+
+if SMOKE:
+    fedmoe = results.run_or_load(ExperimentConfig(seed=SEED, progress=False).smoke())
+    fedavg = results.run_or_load(ExperimentConfig(strategy="fedavg", seed=SEED, progress=False).smoke())
+else:
+    fedmoe = results.run_or_load(ExperimentConfig(seed=SEED, progress=False).replace(out=f"{RUNS_DIR}/fedmoe_da_default"))
+    fedavg = results.run_or_load(ExperimentConfig(strategy="fedavg", seed=SEED, progress=False)
+                                 .replace(out=f"{RUNS_DIR}/fedavg_default"))
+ledger, clients = fedmoe.ledger, fedmoe.clients
+config = fedmoe.config.replace(out=None).to_dict()     # what the figures record beside their data
+last = int(fedmoe.history["round"].max())
+ledger.head(10)
+
+# %% [markdown]
+# ## What travels on which channel
+# The groups are the model's parameter groups (`backbone`, `gate[l]`, `expert[l][e]`) and the rows of A
+# (`A[l]`). MB per channel and kind of group over the whole run:
+
+# %%
+(ledger.assign(kind=ledger["group"].map(group_kind))
+ .pivot_table(index="kind", columns="channel", values="bytes", aggfunc="sum", fill_value=0) / 1e6).round(3)
+
+# %% [markdown]
+# The backbone goes up and down through the server every round, gates go up at every refresh and the rows of
+# A come down, small next to the backbone. The experts only ever travel peer to peer.
+#
+# How many remote experts does a client fetch per round? With E experts per layer and P = 3, each of its
+# slots is averaged with 3 others, so at most 3E distinct remote experts; fewer when two of its slots pick
+# the same peer's expert, or pick one of its own experts (which costs nothing).
+
+# %%
+p2p = ledger[(ledger["channel"] == "p2p") & ledger["accepted"]]
+fetched = p2p.groupby(["round", "dst"]).size()
+print(f"E = {fedmoe.config.num_experts}, P = {fedmoe.config.P}: at most {fedmoe.config.P * fedmoe.config.num_experts} "
+      f"remote experts per client and round; fetched {fetched.mean():.1f} on average (min {fetched.min()}, max {fetched.max()})")
+
+# %% [markdown]
+# ## One round's graph, laid out by home domain
+# Each client is a node, coloured by its home domain; the clients of a domain sit together. An arrow
+# goes from the peer that served experts to the client that fetched them, one per pair with the bytes
+# summed, its width and opacity growing with the bytes. Arrows inside a domain take its colour, arrows across
+# domains are grey: if the gate proxies found the domains, most traffic would stay inside the clusters.
+
+# %%
+fig, ax, edges = viz.plot_p2p_graph(ledger, last, clients=clients)
+save_figure(fig, edges, "fig05_p2p_graph", FIG_DIR, params=config, seeds=[SEED])
+plt.show()
+
+# %% [markdown]
+# The same round summed by domain pair: rows are the domains that served, columns the domains that fetched.
+
+# %%
+(edges.pivot_table(index="src_domain", columns="dst_domain", values="bytes", aggfunc="sum", fill_value=0) / 1e6).round(3)
+
+# %% [markdown]
+# ## The whole run as a matrix
+# At 20 clients a graph of every round at once is a hairball; a matrix of MB per (peer, client) pair, clients
+# ordered by home domain, reads better: traffic within a domain is the diagonal blocks.
+
+# %%
+fig, ax, pairs = viz.plot_p2p_matrix(ledger, clients)
+save_figure(fig, pairs, "fig05_p2p_matrix", FIG_DIR, params=config, seeds=[SEED])
+plt.show()
+within = pairs.loc[pairs["src_domain"] == pairs["dst_domain"], "MB"].sum() / pairs["MB"].sum()
+same_domain = clients.groupby("home_domain").size()
+chance = ((same_domain * (same_domain - 1)).sum() / (len(clients) * (len(clients) - 1)))
+print(f"{within:.0%} of the P2P bytes stay within a home domain; a peer drawn at random is from the same "
+      f"domain {chance:.0%} of the time")
+
+# %% [markdown]
+# ## The trade-off against FedAvg
+# FedAvg sends every whole model up and down through the server. FedMoE-DA takes the experts off the server,
+# but the experts still travel, peer to peer, and more of them: each slot is averaged with P = 3 peers'
+# experts, where FedAvg's download is one averaged copy per slot. So the server's load falls and the total
+# traffic rises. Above each bar: its server and total MB as a multiple of FedAvg's.
+
+# %%
+fig, ax, channels = viz.plot_channel_bytes([fedmoe, fedavg])
+save_figure(fig, channels, "fig05_channel_bytes", FIG_DIR, params=config, seeds=[SEED])
+plt.show()
+channels.pivot(index="strategy", columns="channel", values="MB").round(1)
+
+# %% [markdown]
+# Per round, the channels of the FedMoE-DA run (with I = 1 every round is a refresh round, so every round
+# looks alike; notebook 07 sweeps I and the schedule):
+
+# %%
+per_round = ledger.pivot_table(index="round", columns="channel", values="bytes", aggfunc="sum", fill_value=0) / 1e6
+ax = per_round.plot(marker=".", figsize=(6, 3.2), ylabel="MB per round", title="FedMoE-DA: MB per round and channel")
+plt.show()
+
+# %% [markdown]
+# ## Explore
+# Walk the rounds with the slider; the graph keeps its layout, so you can watch the traffic move (needs a
+# live kernel; nothing is re-trained).
+
+# %%
+p2p_explorer(fedmoe)
