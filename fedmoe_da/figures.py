@@ -110,6 +110,12 @@ FIGURES: tuple[Figure, ...] = (
                  "(how often).",
            shows="P2P MB of the same one-knob-at-a-time sweep (10 clients, 1,600 samples, 20 rounds, one seed): "
                  "zero at P = 0, growing with P, lower under the refresh schedule (experts fetched at refresh rounds only)."),
+    Figure(id="fig03_routing_by_domain", notebook="03_moe_layer",
+           claim="An MoE router sends inputs of different domains to different experts, which is what makes "
+                 "experts (and their gate rows, the proxies) domain-specific.",
+           shows="The share of test images routed to each of the 8 experts (top-2) in the last round of the default "
+                 "FedMoE-DA run (20 clients, 30 rounds, seed 0), summed over the clients of each home domain; "
+                 "each client has its own gate, so slot e is only loosely the same expert across clients."),
     # -- end of registry --
 )
 

@@ -186,16 +186,33 @@ def plot_p2p_graph(ledger: pd.DataFrame, round: int | None = None, clients: pd.D
     return fig, ax, df
 
 
-def plot_routing(history: pd.DataFrame, round: int | None = None, layer: int = 0) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
-    """Share of each client's test tokens routed to each expert of ``layer`` (heatmap, clients x experts)."""
+def plot_routing(history: pd.DataFrame, round: int | None = None, layer: int = 0, *,
+                 clients: pd.DataFrame | None = None, domain: str | None = None) -> tuple[plt.Figure, plt.Axes, pd.DataFrame]:
+    """Share of each client's test tokens routed to each expert of ``layer`` (heatmap, clients x experts).
+
+    ``clients`` (a run's clients table): rows sorted by home domain and labelled ``"client (domain)"``;
+    ``domain`` (needs ``clients``): only the clients of that home domain."""
     round = int(history["round"].max()) if round is None else round
     cols = routed_columns(history.columns, layer)                                # column -> expert slot
-    part = history[history["round"] == round].set_index("client")[list(cols)]
+    part = history[history["round"] == round].set_index("client")
+    if clients is not None:
+        home = clients.set_index("client")["home_domain_name"]
+        if domain is not None and domain not in set(home):
+            raise ValueError(f"domain={domain!r} is invalid: no client has it as home domain "
+                             f"(home domains: {', '.join(dict.fromkeys(home))})")
+        order = [k for k in clients.sort_values(["home_domain", "client"])["client"]
+                 if k in part.index and (domain is None or home[k] == domain)]
+        part = part.loc[order]
+        part.index = pd.Index([f"{k} ({home[k]})" for k in order], name="client")
+    elif domain is not None:
+        raise ValueError(f"domain={domain!r} needs clients: the run's clients table says each client's home domain")
+    part = part[list(cols)]
     df = part.div(part.sum(axis=1).replace(0, 1), axis=0)
     df.columns = list(cols.values())
-    fig, ax = plt.subplots(figsize=(5, max(3, 0.25 * len(df))))
+    fig, ax = plt.subplots(figsize=(5, max(3, 0.25 * len(df) + 1)))
     sns.heatmap(df, ax=ax, cmap="magma", vmin=0, cbar_kws={"fraction": 0.046})
-    ax.set(xlabel="expert", ylabel="client", title=f"routed token share, layer {layer}, round {round}")
+    where = "" if domain is None else f", clients of {domain}"
+    ax.set(xlabel="expert", ylabel="client", title=f"routed token share, layer {layer}, round {round}{where}")
     fig.tight_layout()
     return fig, ax, df
 
@@ -291,7 +308,8 @@ def plot_routing_by_domain(history: pd.DataFrame, clients: pd.DataFrame, round: 
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * share.shape[1], 1 + 0.5 * len(share)))
     sns.heatmap(share, ax=ax, cmap="magma", vmin=0, annot=True, fmt=".2f", annot_kws={"fontsize": 8},
                 cbar_kws={"fraction": 0.046, "label": "token share"})
-    ax.set(xlabel="expert", ylabel="home domain of the clients", title=f"routed token share by domain, layer {layer}, round {round}")
+    ax.set(xlabel="expert", ylabel="clients' home domain", title=f"routed token share by domain, layer {layer}, round {round}")
+    ax.tick_params(axis="y", rotation=0)
     fig.tight_layout()
     return fig, ax, df
 
