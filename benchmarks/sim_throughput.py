@@ -6,9 +6,9 @@
 Each (size, engine, repeat) runs ``simulate(config)`` in a fresh subprocess, so its peak RSS is its own;
 with several engines the runs alternate (A, B, A, B) so that a change in the machine's load hits both.
 The workload is the package's default config but for the sizes: all of the data set (``max_samples``
-None: the total work per round stays the same as clients grow, only the per-client overhead grows) and
-``domain_purity`` 1 with ``min_samples`` 1, which is what lets 1,000 clients each get data (about 5
-training images each); strategy ``fedmoe_da``, one torch thread.
+None: the total work per round stays the same as clients grow, only the per-client overhead grows) dealt
+``iid`` with ``min_samples`` 1, the one partition that gives each of 1,000 clients data (5 or 6 training
+images; the domain partition's rounding leaves some of them none); strategy ``fedmoe_da``, one torch thread.
 
 Rounds are timed by hooks around the runner, nothing in it changes: the strategy's ``begin_round`` and
 ``communicate`` and the runner's ``evaluate_round`` mark the start of a round, the end of local training,
@@ -16,7 +16,8 @@ the end of communication and the end of evaluation; the RSS is read after every 
 (medians over rounds 2..R; round 1 is also given):
 
 * ``s_per_round`` (whole round), ``train_s``, ``comm_s``, ``eval_s``;
-* ``rss_growth_pct``: RSS after the last round over RSS after round 2;  ``peak_rss_mb``: the process's peak;
+* ``rss_growth_pct``: RSS after the last round over RSS after round 2;  ``peak_rss_mb``: the process's peak
+  (rounds.csv has the peak so far at the end of each phase, so the phase that set it shows);
 * ``train_gflops``: training FLOPs per round / training seconds per round. FLOPs per training sample are
   counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward of a batch of the real
   model and data (what the dispatch backend executes, optimizer step not counted), times the samples a round
@@ -42,16 +43,17 @@ import time
 from pathlib import Path
 
 SIZES = (20, 100, 200, 1000)
-WORKLOAD = {"max_samples": None, "min_samples": 1, "domain_purity": 1.0, "progress": False, "threads": 1}
+WORKLOAD = {"max_samples": None, "partition": "iid", "min_samples": 1, "progress": False, "threads": 1}
 """Fields the benchmark sets beyond num_clients, rounds, strategy and engine (why: the module docstring)."""
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory in MB now (VmRSS), or its peak so far (VmHWM)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def engines_available() -> tuple[str, ...] | None:
@@ -133,14 +135,14 @@ class RoundClock:
             begin_round, communicate = strategy.begin_round, strategy.communicate
 
             def begin(rnd, participants, *a, **k):
-                clock.marks.append({"round": rnd, "begin": time.perf_counter()})
+                clock.marks.append({"round": rnd, "begin": time.perf_counter(), "peak_before_mb": rss_mb("VmHWM")})
                 clock.samples_per_round.append(sum(num_train[p] for p in participants) * config.local_epochs)
                 return begin_round(rnd, participants, *a, **k)
 
             def comm(*a, **k):
-                clock.marks[-1]["trained"] = time.perf_counter()
+                clock.marks[-1].update(trained=time.perf_counter(), peak_trained_mb=rss_mb("VmHWM"))
                 out = communicate(*a, **k)
-                clock.marks[-1]["communicated"] = time.perf_counter()
+                clock.marks[-1].update(communicated=time.perf_counter(), peak_communicated_mb=rss_mb("VmHWM"))
                 return out
 
             strategy.begin_round, strategy.communicate = begin, comm
@@ -148,15 +150,15 @@ class RoundClock:
 
         def timed_eval(*a, **k):
             out = evaluate_round(*a, **k)
-            clock.marks[-1]["evaluated"] = time.perf_counter()
-            clock.marks[-1]["rss_mb"] = rss_mb()
+            clock.marks[-1].update(evaluated=time.perf_counter(), rss_mb=rss_mb(), peak_evaluated_mb=rss_mb("VmHWM"))
             clock.threads = torch.get_num_threads()
             return out
 
         simulation.make_strategy, simulation.evaluate_round = timed_strategy, timed_eval
 
     def rounds(self) -> list[dict]:
-        """Per round: seconds (end of eval to end of eval; round 1 from its begin), train_s, comm_s, eval_s, rss_mb."""
+        """Per round: seconds (end of eval to end of eval; round 1 from its begin), train_s, comm_s, eval_s, rss_mb
+        (after the round), and the process's peak RSS so far at each phase's end (which phase raised it)."""
         rows, last = [], None
         for m in self.marks:
             missing = {"trained", "communicated", "evaluated"} - set(m)
@@ -166,7 +168,8 @@ class RoundClock:
             start = m["begin"] if last is None else last
             rows.append({"round": m["round"], "seconds": m["evaluated"] - start, "train_s": m["trained"] - m["begin"],
                          "comm_s": m["communicated"] - m["trained"], "eval_s": m["evaluated"] - m["communicated"],
-                         "rss_mb": m["rss_mb"]})
+                         "rss_mb": m["rss_mb"], **{k: m[k] for k in ("peak_before_mb", "peak_trained_mb",
+                                                                      "peak_communicated_mb", "peak_evaluated_mb")}})
             last = m["evaluated"]
         return rows
 
