@@ -116,6 +116,34 @@ FIGURES: tuple[Figure, ...] = (
            shows="The share of test images routed to each of the 8 experts (top-2) in the last round of the default "
                  "FedMoE-DA run (20 clients, 30 rounds, seed 0), summed over the clients of each home domain; "
                  "each client has its own gate, so slot e is only loosely the same expert across clients."),
+    Figure(id="fig08_dropout_participation", notebook="08_robustness",
+           claim="FedMoE-DA keeps working when clients drop after training or only some clients take part: the "
+                 "server averages over who answered and each client's rows of A renormalise over the peers that "
+                 "answered (this package's claim; the paper does not study it).",
+           shows="Final personalised accuracy (mean ± std over clients, dotted: worst 10%) of FedMoE-DA on the 8x8 "
+                 "digits, 10 clients with one home domain each, 10 rounds, one seed, against the dropout probability "
+                 "(participation 1) and against the participation fraction (no dropout); each point is labelled "
+                 "with the local updates that reached the others. In this run dropout up to 0.5 costs nothing (a "
+                 "dropped client has trained and keeps its update), while fewer participants cost accuracy (a "
+                 "client that is not sampled does not train); one seed, so a point or two is within the spread."),
+    Figure(id="fig08_liars", notebook="08_robustness",
+           claim="One lying peer of ten costs the honest clients at most a few points once the screens are on "
+                 "(p2p_screen and upload_screen, c = 2), and most of their accuracy without them (this package's "
+                 "claim; benchmarks/liars.py).",
+           shows="The honest clients' final accuracy of FedMoE-DA (same setup as fig08_dropout_participation) with "
+                 "client 0 sending N(0, 1000^2) noise as its experts or as its backbone, with no defence, the "
+                 "screens, or a coordinate-wise median at the server; dashed: the run without a liar; over each "
+                 "bar the payloads rejected from the liar / from honest clients. One seed. The screens reject "
+                 "every lie and no honest payload here; screened expert lies leave the honest run's accuracy, a "
+                 "screened backbone lie leaves a few points below it (the liar's backbone is then missing from "
+                 "every round's mean), and the median sits lower still."),
+    Figure(id="fig09_dispatch_timings", notebook="09_triton_kernel",
+           claim="On a CPU the dense-masked dispatch beats the sort-based one for small problems and loses for "
+                 "large ones; 'auto' picks dense up to DENSE_MAX_WORK multiply-adds (moe/backend.py).",
+           shows="The committed CPU measurements of benchmarks/moe_cpu.py --sweep (one thread, a shared 2-core "
+                 "machine; no GPU numbers exist in this project): time of one MoE layer forward + backward against "
+                 "tokens per shape, and torch time / dense time against dense_work with the threshold. The Triton "
+                 "kernels are not in it: they have not been timed on a GPU here."),
     # -- end of registry --
 )
 
