@@ -147,7 +147,6 @@ def restore(folder: RunFolder, config: ExperimentConfig, states: list[State], st
 
     rnd = int(ckpt["round"])
     folder.truncate(ckpt["files"], rnd)
-    ledger.rows = [tuple(r) for r in folder.table(LEDGER).itertuples(index=False, name=None)]
-    ledger.rejected = [tuple(r) for r in folder.table(REJECTIONS).itertuples(index=False, name=None)]
+    ledger.restore(folder.table(LEDGER), folder.table(REJECTIONS))
     return Done(rnd, folder.table(HISTORY).to_dict("records"), folder.table(AGGREGATION).to_dict("records"),
                 folder.matrices(rnd))

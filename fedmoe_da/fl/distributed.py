@@ -106,7 +106,8 @@ from torch import Tensor
 from ..config import ExperimentConfig
 from ..models.names import BACKBONE, EXPERT, GATE, HEAD, parse_group
 from .run_folder import RunFolder
-from .transport import CHANNELS, SERVER, CommLedger, Payload, Transport, payload_problem
+from .ledger import payload_size
+from .transport import SERVER, CommLedger, Payload, Transport, payload_problem, payload_problems
 
 KILL_ENV = "FEDMOE_DA_KILL"
 PARAMETER_KINDS = (BACKBONE, HEAD, GATE, EXPERT)
@@ -344,7 +345,7 @@ class DistributedTransport(Transport):
             received, expects = {}, {}
             for src, tensors in sent.items():
                 received[src], expects[src] = self._receive(src, rank_of(src, self.world), b, tensors, expect)
-            problems = {src: payload_problem(got, expects[src]) for src, got in received.items()}
+            problems = payload_problems(received, expects)
             if screen is not None:
                 problems.update(screen({src: got for src, got in received.items() if problems[src] is None}))
             mine = [self._outcome(received[src], problems[src], control) for src in sent]
@@ -376,8 +377,7 @@ class DistributedTransport(Transport):
         return received, expect
 
     def _outcome(self, received: Payload, problem: str | None, control: bool) -> tuple:
-        numel = sum(t.numel() for t in received.values())
-        nbytes = sum(t.numel() * t.element_size() for t in received.values())
+        numel, nbytes = payload_size(received)
         content = pack(received) if control and problem is None else None
         return (problem is None, numel, nbytes, problem, content)
 
@@ -390,9 +390,7 @@ class DistributedTransport(Transport):
     def _row(self, round, src, dst, channel, group, outcome) -> None:
         """The ledger row (and rejection) every rank writes: the same as ``Transport._log`` on what dst received."""
         accepted, numel, nbytes, reason, _ = outcome
-        if channel not in CHANNELS:
-            raise ValueError(f"channel={channel!r} is invalid: must be one of {', '.join(CHANNELS)}")
-        self.ledger.rows.append((round, src, dst, channel, group, numel, nbytes, accepted))
+        self.ledger.add(round, src, dst, channel, group, numel, nbytes, accepted)
         if not accepted:
             self.ledger.reject(round, src, dst, channel, group, reason)
 

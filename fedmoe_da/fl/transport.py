@@ -1,10 +1,10 @@
-"""Transport and communication ledger: every byte that moves between two parties goes through here.
+"""Transport: every byte that moves between two parties goes through here.
 
 A strategy never counts bytes itself. It calls ``transport.send(...)`` with the
 tensors that would cross the link; the transport hands back what the receiver
 gets and writes one ledger row: (round, src, dst, channel, group, numel,
-bytes, accepted). ``bytes`` is ``numel * element_size`` summed over the
-tensors actually sent. Parties are client ids (0..N-1) and ``SERVER`` (-1).
+bytes, accepted), sized from the shapes and dtypes of the tensors actually
+sent. Parties are client ids (0..N-1) and ``SERVER`` (-1).
 
 The receiver validates what arrives against the shapes it expects: a payload
 with a missing or wrong-shaped tensor, or a NaN/Inf, is *rejected* (the row is
@@ -14,7 +14,10 @@ without it. A *screen* (``robust.py``) can reject an intact payload the same
 way: ``send(..., screen=f)`` asks ``f(received)`` for a reason, and ``gather``
 (several senders, one receiver that judges them together, e.g. the server
 against the median of the round's uploads) asks ``screen(received_by_src)``
-for the reason of each rejected sender.
+for the reason of each rejected sender. Finiteness is checked once per call
+(``payload_problems``): one stacked sum per tensor, moved to the host at once;
+only a payload whose sum is not finite is looked at tensor by tensor, to name
+the sender and the tensor. The rows go to a ``CommLedger`` (``ledger.py``: compact columns).
 
 ``InProcessTransport`` is the simulator's: it clones tensors (so a receiver
 can never alias a sender's state). The distributed runner's transport sends
@@ -22,68 +25,84 @@ them for real and writes the same rows.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Hashable, TypeVar
 
-import pandas as pd
 import torch
 from torch import Tensor
 
+from .ledger import CHANNELS, LEDGER_COLUMNS, REJECTION_COLUMNS, CommLedger
+
+__all__ = ["SERVER", "CHANNELS", "LEDGER_COLUMNS", "REJECTION_COLUMNS", "CommLedger", "Payload", "Shapes",
+           "payload_problem", "payload_problems", "Transport", "InProcessTransport"]
+
 SERVER = -1
-CHANNELS = ("server-up", "server-down", "p2p")
-LEDGER_COLUMNS = ["round", "src", "dst", "channel", "group", "numel", "bytes", "accepted"]
-REJECTION_COLUMNS = ["round", "src", "dst", "channel", "group", "reason"]
 
 Payload = dict[str, Tensor]
+Shapes = dict[str, "torch.Size | tuple[int, ...]"]
 Screen = Callable[[Payload], "str | None"]
 GroupScreen = Callable[[dict[int, Payload]], dict[int, str]]
+K = TypeVar("K", bound=Hashable)
 
 
-def payload_problem(tensors: Payload, expect: dict[str, torch.Size] | None) -> str | None:
-    """Why a received payload is unusable (one line), or None if it is fine."""
-    if expect is not None:
-        if set(tensors) != set(expect):
-            return f"tensors {sorted(tensors)} do not match the expected {sorted(expect)}"
-        for name, shape in expect.items():
-            if tuple(tensors[name].shape) != tuple(shape):
-                return f"{name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return f"{name} contains NaN or Inf"
+# --------------------------------------------------------------------------- validation
+def shape_problem(tensors: Payload, expect: Shapes | None) -> str | None:
+    """Why a payload's names or shapes differ from ``expect`` (one line), or None."""
+    if expect is None:
+        return None
+    if set(tensors) != set(expect):
+        return f"tensors {sorted(tensors)} do not match the expected {sorted(expect)}"
+    for name, shape in expect.items():
+        if tuple(tensors[name].shape) != tuple(shape):
+            return f"{name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
     return None
 
 
-class CommLedger:
-    """Rows of every transfer, and of every rejected payload.
+def finite_sums(tensors: list[Tensor]) -> list[bool]:
+    """Whether each tensor's sum is finite: one stacked tensor of sums per device, moved to the host at once.
 
-    ``rejected`` also holds what happened at a client without a transfer: channel
-    ``local`` (the simulator discarded a non-finite local update) and ``dropout``
-    (a participant dropped after local training and sent nothing: ``Strategy.answering``).
+    A NaN or Inf anywhere makes the sum NaN or Inf, so True means the tensor is finite; False means it may not
+    be (a sum of huge finite values can overflow): look at that tensor itself.
     """
-
-    def __init__(self) -> None:
-        self.rows: list[tuple] = []
-        self.rejected: list[tuple] = []
-
-    def record(self, round: int, src: int, dst: int, channel: str, group: str, tensors: Payload,
-               accepted: bool = True) -> None:
-        if channel not in CHANNELS:
-            raise ValueError(f"channel={channel!r} is invalid: must be one of {', '.join(CHANNELS)}")
-        numel = sum(t.numel() for t in tensors.values())
-        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        self.rows.append((round, src, dst, channel, group, numel, nbytes, accepted))
-
-    def reject(self, round: int, src: int, dst: int, channel: str, group: str, reason: str) -> None:
-        self.rejected.append((round, src, dst, channel, group, reason))
-
-    def to_frame(self, start: int = 0) -> pd.DataFrame:
-        """The transfers from row ``start`` on (all by default)."""
-        return pd.DataFrame(self.rows[start:], columns=LEDGER_COLUMNS)
-
-    def rejections(self, start: int = 0) -> pd.DataFrame:
-        """The rejections from row ``start`` on (all by default)."""
-        return pd.DataFrame(self.rejected[start:], columns=REJECTION_COLUMNS)
+    finite = [True] * len(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():
+        sums = torch.stack([tensors[i].sum(dtype=torch.float64 if tensors[i].dtype == torch.float64
+                                           else torch.float32) for i in idx])   # (len(idx),)
+        for i, s in zip(idx, sums.tolist()):
+            finite[i] = math.isfinite(s)
+    return finite
 
 
+def payload_problems(received: dict[K, Payload], expects: dict[K, Shapes | None]) -> dict[K, str | None]:
+    """Why each received payload is unusable (one line), or None if it is fine.
+
+    Names and shapes first (``shape_problem``); then the floating tensors of every intact payload in one
+    ``finite_sums``; a payload whose sums are not all finite is checked tensor by tensor, in its order, and the
+    first tensor holding a NaN or Inf is named.
+    """
+    problems = {key: shape_problem(p, expects[key]) for key, p in received.items()}
+    floats = [(key, name, t) for key, p in received.items() if problems[key] is None
+              for name, t in p.items() if t.is_floating_point()]
+    suspects: dict[K, list[tuple[str, Tensor]]] = {}
+    for (key, name, t), ok in zip(floats, finite_sums([t for _, _, t in floats])):
+        if not ok:
+            suspects.setdefault(key, []).append((name, t))
+    for key, tensors in suspects.items():
+        bad = next((name for name, t in tensors if not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            problems[key] = f"{bad} contains NaN or Inf"
+    return problems
+
+
+def payload_problem(tensors: Payload, expect: Shapes | None) -> str | None:
+    """Why one received payload is unusable (one line), or None if it is fine (``payload_problems``)."""
+    return payload_problems({0: tensors}, {0: expect})[0]
+
+
+# --------------------------------------------------------------------------- transports
 class Transport:
     """Moves payloads between parties and writes the ledger. Subclasses implement ``_deliver``."""
 
@@ -95,7 +114,7 @@ class Transport:
         raise NotImplementedError
 
     def send(self, round: int, src: int, dst: int, channel: str, group: str, tensors: Payload,
-             expect: dict[str, torch.Size] | None = None, screen: Screen | None = None) -> Payload | None:
+             expect: Shapes | None = None, screen: Screen | None = None) -> Payload | None:
         """Send ``tensors`` from src to dst; return what dst received, or None if dst rejected it.
 
         dst rejects a payload with missing, wrong-shaped or non-finite tensors, then one ``screen`` objects to.
@@ -108,14 +127,14 @@ class Transport:
         return received if problem is None else None
 
     def gather(self, round: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
-               expect: dict[str, torch.Size] | None = None, screen: GroupScreen | None = None) -> dict[int, Payload]:
+               expect: Shapes | None = None, screen: GroupScreen | None = None) -> dict[int, Payload]:
         """Each src in ``sent`` sends its payload to dst, which judges them together; returns the accepted ones.
 
         As ``send`` for each sender, then ``screen`` sees every intact payload at once and names the
         senders dst rejects (with reasons). Rows are written in the order of ``sent``.
         """
         received = {src: self._deliver(src, dst, tensors, group) for src, tensors in sent.items()}
-        problems = {src: payload_problem(got, expect) for src, got in received.items()}
+        problems = payload_problems(received, dict.fromkeys(received, expect))
         if screen is not None:
             problems.update(screen({src: got for src, got in received.items() if problems[src] is None}))
         for src, got in received.items():
