@@ -9,8 +9,14 @@
 # %% [markdown]
 # # 01 · Quickstart: FedMoE-DA next to FedAvg and Local
 #
-# Twenty clients hold handwritten digits drawn from five **domains** (original,
-# rotated, inverted, noisy, blurred): each client mostly one domain, with skewed
+# Twenty clients hold images of the digits 0-9 from four **domains**, four real
+# sources with real domain shift (the default dataset, `digit_domains`, built
+# offline from files that pip packages ship: see notebook 02 and
+# `data/README.md`): `mnist` (handwritten MNIST), `usps` (scikit-learn's 8x8
+# handwritten digits upsampled to fill the frame, as USPS), `mnistm` (other
+# MNIST digits blended over colour photos, as MNIST-M) and `synth` (digits
+# printed in 18 fonts on coloured backgrounds, as SynDigits). Each client has
+# one home domain (90% of its hundred or so training images) and balanced
 # labels. Every client's model is a small CNN whose classifier is a
 # **Mixture-of-Experts** layer.
 #
@@ -44,7 +50,7 @@ config
 
 # %% [markdown]
 # ## The data each client holds
-# Rows are clients; colours are domains (left) and labels (right).
+# One bar per client, stacked by domain (first plot) and by label (second).
 
 # %%
 dataset = fdata.build(config)
