@@ -111,7 +111,8 @@ if not ok:
 else:
     from fedmoe_da.moe.triton_dispatch import TRITON_OPS
 
-    errors = compare_ops(TRITON_OPS, TORCH_OPS, T=TOKENS, d=WIDTH, E=EXPERTS, k=TOP_K, seed=SEED)
+    errors = compare_ops(TRITON_OPS, TORCH_OPS, T=TOKENS, d=WIDTH, E=EXPERTS, k=TOP_K, seed=SEED,
+                         device="cuda" if torch.cuda.is_available() else "cpu")
     assert errors.loc[errors["op"] == "routing_index", "identical"].all(), "the routing index must be exact"
     assert (errors["max_abs_diff"] <= 1e-5 * errors["max_abs_reference"].clip(lower=1)).all(), errors
 errors

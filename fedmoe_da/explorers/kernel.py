@@ -52,12 +52,13 @@ def dispatch_explorer(T: int = 8, E: int = 4, k: int = 2, seed: int = 0) -> Expl
 
 
 # --------------------------------------------------------------------------- what the ops move, and a backend's error
-def _case(T: int, d: int, E: int, k: int, seed: int):
-    """Random logits (T, E), tokens x (T, d) and experts w1 (E, d, h), b1, w2 (E, h, d), b2 with h = d."""
+def _case(T: int, d: int, E: int, k: int, seed: int, device: str | torch.device = "cpu"):
+    """Random logits (T, E), tokens x (T, d) and experts w1 (E, d, h), b1, w2 (E, h, d), b2 with h = d, drawn on
+    the CPU (the same numbers on every device) and moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     logits, x = torch.randn(T, E, generator=g), torch.randn(T, d, generator=g)             # (T, E), (T, d)
     experts = [0.3 * torch.randn(*shape, generator=g) for shape in ((E, d, d), (E, d), (E, d, d), (E, d))]
-    return logits, x, experts
+    return logits.to(device), x.to(device), [w.to(device) for w in experts]
 
 
 def moved(T: int, d: int, E: int, k: int, seed: int = 0) -> pd.DataFrame:
@@ -88,11 +89,12 @@ def moved(T: int, d: int, E: int, k: int, seed: int = 0) -> pd.DataFrame:
 
 
 def compare_ops(ops: DispatchOps, reference: DispatchOps, T: int, d: int, E: int, k: int,
-                seed: int = 0) -> pd.DataFrame:
-    """``ops`` against ``reference`` on one random fp32 case: one row per output (op, output, max |difference|,
-    max |reference|, identical). Every op gets the *same* inputs (the reference's routing), then the whole
-    dispatch (``sort_dispatch``: routing, permute, experts, combine) runs once per backend, forward and backward."""
-    logits, x, experts = _case(T, d, E, k, seed)
+                seed: int = 0, device: str | torch.device = "cpu") -> pd.DataFrame:
+    """``ops`` against ``reference`` on one random fp32 case on ``device``: one row per output (op, output,
+    max |difference|, max |reference|, identical). Every op gets the *same* inputs (the reference's routing),
+    then the whole dispatch (``sort_dispatch``: routing, permute, experts, combine) runs once per backend,
+    forward and backward."""
+    logits, x, experts = _case(T, d, E, k, seed, device)
     w, idx = reference.topk_softmax(logits, k)
     index = reference.routing_index(idx, E)
     x_perm = reference.permute(x, index)
