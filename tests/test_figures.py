@@ -95,6 +95,17 @@ def test_save_figure_writes_four_files_and_refuses_unregistered_ids(tmp_path, mo
                                                                                       {"n": 2}, [3])
 
 
+def test_readme_lists_each_figure_with_its_claim_and_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "FIGURES", (Figure("fig98_a", "98_x", "claim A", "shows A"),
+                                             Figure("fig99_b", "99_y", "claim B", "shows B", params={"ROUNDS": 5})))
+    (tmp_path / "fig99_b.json").write_text(json.dumps({"figure": "fig99_b", "notebook_wall_s": 12.3}))
+    text = figures.readme(tmp_path)
+    a, b = text.index("## fig98_a"), text.index("## fig99_b")
+    assert a < b and '<img src="fig98_a.png"' in text[a:b] and "claim A" in text[a:b] and "shows A" in text[a:b]
+    assert f"`{figures.COMMAND} --only fig98_a`" in text[a:b] and "last time" not in text[a:b]
+    assert f"`{figures.COMMAND} --only fig99_b`" in text[b:] and "ROUNDS=5, 12 s for the whole notebook" in text[b:]
+
+
 # ---- the command ----------------------------------------------------------------------------------------------
 
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys):
