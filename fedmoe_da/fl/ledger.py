@@ -26,12 +26,12 @@ BLOCK = 8192   # rows staged as tuples before they are frozen into one numpy arr
 
 
 def payload_size(tensors: dict[str, Tensor]) -> tuple[int, int]:
-    """(numel, bytes) of a payload, from its shapes and dtypes: bytes = sum of numel * itemsize."""
+    """(numel, bytes) of a payload, from its shapes and dtypes: bytes = sum of numel * element size."""
     numel = nbytes = 0
     for t in tensors.values():
         n = t.numel()
         numel += n
-        nbytes += n * t.dtype.itemsize
+        nbytes += n * t.element_size()
     return numel, nbytes
 
 
