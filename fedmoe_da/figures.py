@@ -116,6 +116,18 @@ FIGURES: tuple[Figure, ...] = (
            shows="The share of test images routed to each of the 8 experts (top-2) in the last round of the default "
                  "FedMoE-DA run (20 clients, 30 rounds, seed 0), summed over the clients of each home domain; "
                  "each client has its own gate, so slot e is only loosely the same expert across clients."),
+    Figure(id="fig04_matrix_by_domain", notebook="04_aggregation_matrix",
+           claim="Eq. 8-10 on the gate proxies give a domain-aware aggregation matrix: each expert is aggregated "
+                 "mostly with experts of clients from its own domain (the paper's central claim).",
+           shows="The A the default FedMoE-DA run used at its last refresh (gate proxy, P=3, tau=0.1, 20 clients x "
+                 "8 experts, seed 0), rows and columns sorted by the home domain of each pair's client, with its "
+                 "domain purity against the domain-blind chance level in the title."),
+    Figure(id="fig04_purity", notebook="04_aggregation_matrix",
+           claim="The paper's gate proxy makes A domain-aware; proxies that remove what all clients share "
+                 "(gate_centred, gate_signature) are this package's alternatives, the domain proxy an oracle.",
+           shows="Domain purity of A recomputed on the same uploaded gates (last refresh of the default run, "
+                 "tau=0.1) against P, for the gate, gate_centred, gate_signature and oracle domain proxies, with "
+                 "the domain-blind chance level dashed; one run, one seed."),
     Figure(id="fig08_dropout_participation", notebook="08_robustness",
            claim="FedMoE-DA keeps working when clients drop after training or only some clients take part: the "
                  "server averages over who answered and each client's rows of A renormalise over the peers that "

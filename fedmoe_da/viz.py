@@ -108,8 +108,8 @@ def plot_matrix(A, labels: list[str] | None = None, title: str = "aggregation ma
     if groups is not None:
         starts = [i for i in range(len(groups)) if i == 0 or groups[i] != groups[i - 1]] + [len(groups)]
         for b in starts[1:-1]:
-            ax.axhline(b, color="white", lw=0.8)
-            ax.axvline(b, color="white", lw=0.8)
+            ax.axhline(b, color="0.6", lw=0.8)
+            ax.axvline(b, color="0.6", lw=0.8)
         centres = [(a + b) / 2 for a, b in zip(starts, starts[1:])]
         names = [groups[a] for a in starts[:-1]]
         ax.set_xticks(centres, names, rotation=0, fontsize=8)
@@ -327,6 +327,9 @@ def plot_purity(df: pd.DataFrame, x: str = "P", hue: str = "proxy") -> tuple[plt
     ax.set(xlabel=x, ylabel="domain purity of A", ylim=(0, 1.02), title=f"domain purity of A against {x}")
     if df[x].dtype.kind in "fi" and df[x].min() > 0 and df[x].max() / df[x].min() > 20:
         ax.set_xscale("log")
+        ticks = sorted(df[x].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+        ax.minorticks_off()
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
