@@ -70,8 +70,8 @@ from fedmoe_da.moe.reference import TORCH_OPS
 
 if SMOKE:
     TOKENS, WIDTH = min(TOKENS, 13), min(WIDTH, 16)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu (Triton interpreter)"
-print("device:", DEVICE, "| torch", torch.__version__)
+print("device:", "cuda" if torch.cuda.is_available() else "cpu", "| torch", torch.__version__,
+      "| TRITON_INTERPRET =", os.environ.get("TRITON_INTERPRET"))
 
 # %% [markdown]
 # ## What `permute` does to a routing
