@@ -542,7 +542,7 @@ def robustness_sweep(results, fields: tuple[str, ...] = ("dropout", "participati
         for r in sorted(along, key=lambda r: getattr(r.config, field)):
             s = r.summary
             rows.append({"field": field, "value": getattr(r.config, field), "strategy": r.config.strategy,
-                         "run": r.config.label or r.config.strategy, "final_acc": s["final_acc_mean"],
+                         "run": run_label(r), "final_acc": s["final_acc_mean"],
                          "client_std": s["final_acc_std"],
                          "worst10": s["final_acc_worst10"], "local_updates": s["local_updates"],
                          "answered": s["local_updates"] - s["dropouts"] - s["discarded_updates"]})
@@ -623,10 +623,9 @@ def plot_run_rounds(result, baseline=None) -> tuple[plt.Figure, np.ndarray, pd.D
     rej = rejections_per_round(result)
     df = df.join(rej).fillna({c: 0 for c in rej.columns}).reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    axes[0].plot(df["round"], df["accuracy"], marker="o", label=result.config.label or result.config.strategy)
+    axes[0].plot(df["round"], df["accuracy"], marker="o", label=run_label(result))
     if baseline is not None:
-        axes[0].plot(df["round"], df["baseline_accuracy"], ls="--", color="k",
-                     label=baseline.config.label or baseline.config.strategy)
+        axes[0].plot(df["round"], df["baseline_accuracy"], ls="--", color="k", label=run_label(baseline))
     axes[0].set(xlabel="round", ylabel="personalised accuracy (mean over clients)", ylim=(0, 1), title="accuracy")
     axes[0].legend(fontsize=8)
     bottom = np.zeros(len(df))
