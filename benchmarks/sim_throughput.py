@@ -219,6 +219,16 @@ def machine() -> dict:
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()}
 
 
+def uncommitted() -> list[str]:
+    """The package's files that differ from the commit in versions()'s git_sha (numbers then come from those)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "fedmoe_da"], capture_output=True, text=True,
+                             timeout=10, cwd=Path(__file__).resolve().parent.parent).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ["unknown: git not available"]
+    return [line[3:] for line in out.splitlines()]
+
+
 def load_average() -> tuple[float, float, float]:
     return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
 
@@ -252,7 +262,8 @@ def main() -> None:
 
     from fedmoe_da.fl.run_folder import versions
 
-    info = {"machine": machine(), "load_before": load_average(), "versions": versions(), "args": vars(args),
+    info = {"machine": machine(), "load_before": load_average(), "versions": versions(),
+            "uncommitted": uncommitted(), "args": {k: v for k, v in vars(args).items() if k != "child"},
             "workload": WORKLOAD, "config": make_config(args.clients[0], args.rounds, args.strategy, args.engine[0],
                                                         **WORKLOAD).to_dict()}
     print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, load average {info['load_before']}")

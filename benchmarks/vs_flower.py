@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sim_throughput import RoundClock, engines_available, load_average, machine, make_config  # noqa: E402
+from sim_throughput import RoundClock, engines_available, load_average, machine, make_config, uncommitted  # noqa: E402
 
 MARK = "VS_FLOWER_RESULT "
 CONFIG_KEY = "fedmoe-config"   # the ConfigRecord entry carrying the workload's config (JSON) to every ClientApp
@@ -223,7 +224,8 @@ def run_child(side: str, engine: str, n: int, args, save: Path) -> dict:
            "--engine", engine, "--cpus", str(len(args.cores.split(","))), "--save", str(save)]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", args.cores] + cmd
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "FLWR_TELEMETRY_ENABLED": "0"}   # Flower otherwise posts events over the network from each run
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
@@ -270,8 +272,9 @@ def main() -> None:
     except md.PackageNotFoundError:
         sys.exit("Flower is not installed in this interpreter: run this script with .venv-flower/bin/python "
                  "(see the module docstring)")
-    info = {"machine": machine(), "load_before": load_average(), "cores": args.cores, "args": vars(args),
-            "versions": {**versions(), "flwr": flwr_version, "ray": ray_version},
+    info = {"machine": machine(), "load_before": load_average(), "cores": args.cores,
+            "args": {k: v for k, v in vars(args).items() if k not in ("child", "cpus", "save")},
+            "versions": {**versions(), "flwr": flwr_version, "ray": ray_version}, "uncommitted": uncommitted(),
             "config": workload(args.clients[0], args.rounds, args.engine[0]).to_dict()}
     print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, pinned to {args.cores}; Flower "
           f"{flwr_version}, Ray {ray_version}; load average {info['load_before']}", flush=True)
