@@ -176,7 +176,8 @@ def test_payload_problems_equal_the_per_tensor_check(seed):
 def test_overflowing_sums_of_finite_values_are_accepted():
     """Sums are a fast path only: a sum that overflows sends the tensor to the exact check, which passes it."""
     payload = {"big": torch.full((4,), 3e38), "half": torch.full((1000,), 60000.0, dtype=torch.float16),
-               "big64": torch.full((3,), 1.7e308, dtype=torch.float64)}
+               "big64": torch.full((3,), 1.7e308, dtype=torch.float64),
+               "bf16": torch.full((8,), 3e38, dtype=torch.bfloat16), "grad": torch.ones(3, requires_grad=True)}
     assert payload_problem(payload, None) is None
     payload["half"][999] = float("inf")
     assert payload_problem(payload, None) == "half contains NaN or Inf"

@@ -69,8 +69,9 @@ def finite_sums(tensors: list[Tensor]) -> list[bool]:
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
     for idx in by_device.values():
-        sums = torch.stack([tensors[i].sum(dtype=torch.float64 if tensors[i].dtype == torch.float64
-                                           else torch.float32) for i in idx])   # (len(idx),)
+        with torch.no_grad():
+            sums = torch.stack([tensors[i].sum(dtype=torch.float64 if tensors[i].dtype == torch.float64
+                                               else torch.float32) for i in idx])   # (len(idx),)
         for i, s in zip(idx, sums.tolist()):
             finite[i] = math.isfinite(s)
     return finite
