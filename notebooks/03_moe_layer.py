@@ -118,8 +118,8 @@ pd.DataFrame({"layer": {k: float(v) for k, v in layer.aux_losses.items()}, "by h
 tilted = x + 3.0 * layer.gate.weight[0] / layer.gate.weight[0].norm()         # (T, d) all lean to expert 0
 lt = tilted @ layer.gate.weight.T
 _, lt_idx = topk_softmax_reference(lt, TOP_K)
-print(f"load balance: random tokens {float(load_balance_loss(probs, r.indices, EXPERTS)):.3f}, "
-      f"tilted tokens {float(load_balance_loss(torch.softmax(lt, -1), lt_idx, EXPERTS)):.3f} (max {EXPERTS / TOP_K:g}); "
+lb, lb_tilted = load_balance_loss(probs, r.indices, EXPERTS), load_balance_loss(torch.softmax(lt, -1), lt_idx, EXPERTS)
+print(f"load balance: random tokens {float(lb):.3f}, tilted tokens {float(lb_tilted):.3f} (max {EXPERTS / TOP_K:g}); "
       f"z-loss {float(z_loss(logits)):.3f} -> {float(z_loss(lt)):.3f}")
 
 # %% [markdown]

@@ -38,14 +38,12 @@ SWEEP_P = [1, 2, 3, 5, 7, 10, 15, 20, 30, 40]   # P values of the purity sweep
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 
 from fedmoe_da import ExperimentConfig, viz
-from fedmoe_da.explorers.matrix import (PROXIES, describe, domain_order, home_domains, matrix_explorer,
-                                        plot_matrix_by_domain, proxies_of, purity_sweep, recompute,
-                                        refresh_rounds, saved_gates)
+from fedmoe_da.explorers.matrix import (PROXIES, describe, home_domains, matrix_explorer, plot_matrix_by_domain,
+                                        proxies_of, purity_sweep, refresh_rounds, saved_gates)
 from fedmoe_da.figures import save_figure
 from fedmoe_da.fl.aggregation import TIE_TOLERANCE, aggregation_matrix, correlation, matrix_diagnostics
 from fedmoe_da.fl.run_folder import matrix_key

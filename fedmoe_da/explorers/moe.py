@@ -21,7 +21,8 @@ BY_DOMAIN = "all, by domain"
 """The routing explorer's first choice: one row per home domain instead of one per client."""
 
 
-def toy_tokens(seed: int = 0, tokens: int = 12, d_model: int = 8, num_experts: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def toy_tokens(seed: int = 0, tokens: int = 12, d_model: int = 8,
+               num_experts: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """(x (T, d), gate weight (E, d)): random tokens and a random gate, the same for a seed."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, d_model, generator=gen)                              # (T, d)
@@ -30,7 +31,8 @@ def toy_tokens(seed: int = 0, tokens: int = 12, d_model: int = 8, num_experts: i
 
 
 def plot_router(x: torch.Tensor, gate: torch.Tensor, top_k: int, scale: float = 1.0):
-    """The router on tokens x with gate weight ``scale`` x gate: softmax, renormalised top-k, aux losses in the title."""
+    """The router on tokens x with gate weight ``scale`` x gate: softmax, renormalised top-k, aux losses in the
+    title (viz's (fig, axes, df))."""
     if not 1 <= top_k <= gate.shape[0]:
         raise ValueError(f"top_k={top_k} is invalid: must be between 1 and num_experts ({gate.shape[0]})")
     logits = scale * x @ gate.T                                                  # (T, E)
