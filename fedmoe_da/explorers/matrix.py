@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 
 from .. import viz
-from ..fl.aggregation import (aggregation_matrix, centre_by_slot, domain_proxies, matrix_diagnostics,
-                              signature_proxies)
+from ..fl.aggregation import aggregation_matrix, matrix_diagnostics, pool_proxies
 from ..fl.run_folder import matrix_key, matrix_round
 from ..fl.summary import SimulationResult
 from ..models.names import gate_group, pool_key
@@ -58,11 +57,7 @@ def proxies_of(proxy: str, gates: torch.Tensor, pool: list[int], num_experts: in
     """The (M, d') proxies of a pool ordered (client, slot), as ``config.proxy`` builds them (``FedMoEDA.proxies``)."""
     if proxy not in PROXIES:
         raise ValueError(f"proxy={proxy!r} is invalid: must be one of {', '.join(PROXIES)}")
-    if proxy == "domain":
-        return domain_proxies([homes[k] for k in pool], num_experts, max(homes) + 1)
-    if proxy == "gate_signature":
-        return signature_proxies(gates, num_experts)
-    return centre_by_slot(gates, num_experts) if proxy == "gate_centred" else gates
+    return pool_proxies(proxy, gates, pool, num_experts, homes)
 
 
 def recompute(result: SimulationResult, P: int, tau: float, proxy: str = "gate", round: int | None = None,

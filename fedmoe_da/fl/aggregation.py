@@ -174,3 +174,14 @@ def _share(weights: Tensor, mask: Tensor, totals: Tensor) -> float:
     if not bool(has.any()):
         return float("nan")
     return float(((weights * mask).sum(1)[has] / totals[has]).mean())
+
+
+def pool_proxies(proxy: str, gates: Tensor, pool: list[int], num_experts: int, home_domains: list[int] | None) -> Tensor:
+    """The (M, d') proxies of a pool ordered (client, slot), as ``config.proxy`` names them: ``gates`` (M, d) are
+    the pool's uploaded gate rows (``gate``, or their change since initialisation with ``gate_delta``);
+    ``gate_centred`` and ``gate_signature`` transform them; ``domain`` is the oracle from the clients' home domains."""
+    if proxy == "domain":
+        return domain_proxies([home_domains[k] for k in pool], num_experts, max(home_domains) + 1)
+    if proxy == "gate_signature":
+        return signature_proxies(gates, num_experts)
+    return centre_by_slot(gates, num_experts) if proxy == "gate_centred" else gates

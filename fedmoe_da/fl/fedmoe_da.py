@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, pool_key, tensor_key
-from .aggregation import (aggregate_experts, aggregation_matrix, centre_by_slot, domain_proxies, drop_absent,
-                          matrix_diagnostics, signature_proxies)
+from .aggregation import aggregate_experts, aggregation_matrix, drop_absent, matrix_diagnostics, pool_proxies
 from .p2p import ClientRows, fetch_plan, rows_for_client
 from .robust import expert_screen
 from .state import read_group
@@ -78,13 +77,9 @@ class FedMoEDA(Strategy):
 
     def proxies(self, l: int, pool: list[int]) -> torch.Tensor:
         """The (M, d') proxies of layer l's pool, ordered (client, slot), as ``config.proxy`` says."""
-        if self.config.proxy == "domain":
-            num_domains = max(self.home_domains) + 1
-            return domain_proxies([self.home_domains[k] for k in pool], self.E, num_domains)
-        rows = torch.cat([self.server_gates[l][k] for k in pool])               # (M, d)
-        if self.config.proxy == "gate_signature":
-            return signature_proxies(rows, self.E)
-        return centre_by_slot(rows, self.E) if self.config.proxy == "gate_centred" else rows
+        rows = (torch.cat([self.server_gates[l][k] for k in pool]) if self.config.proxy != "domain"   # (M, d)
+                else torch.empty(0))
+        return pool_proxies(self.config.proxy, rows, pool, self.E, self.home_domains)
 
     def aggregate(self, rnd, uploads) -> None:
         super().aggregate(rnd, uploads)
