@@ -5,10 +5,10 @@
 
 Each (size, engine, repeat) runs ``simulate(config)`` in a fresh subprocess, so its peak RSS is its own;
 with several engines the runs alternate (A, B, A, B) so that a change in the machine's load hits both.
-The workload is the package's default config but for the sizes: all of the data set (``max_samples``
-None: the total work per round stays the same as clients grow, only the per-client overhead grows) dealt
-``iid`` with ``min_samples`` 1, the one partition that gives each of 1,000 clients data (5 or 6 training
-images; the domain partition's rounding leaves some of them none); strategy ``fedmoe_da``, one torch thread.
+The workload is the package's default config (3,200 samples, 1,920 of them for training: the total work
+per round stays the same as clients grow, only the per-client overhead grows), dealt ``iid`` with
+``min_samples`` 1, the one partition that gives each of 1,000 clients data (1 or 2 training images; the
+domain partition's rounding leaves some of them none); strategy ``fedmoe_da``, one torch thread.
 
 Rounds are timed by hooks around the runner, nothing in it changes: the strategy's ``begin_round`` and
 ``communicate`` and the runner's ``evaluate_round`` mark the start of a round, the end of local training,
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 SIZES = (20, 100, 200, 1000)
-WORKLOAD = {"max_samples": None, "partition": "iid", "min_samples": 1, "progress": False, "threads": 1}
+WORKLOAD = {"partition": "iid", "min_samples": 1, "progress": False, "threads": 1}
 """Fields the benchmark sets beyond num_clients, rounds, strategy and engine (why: the module docstring)."""
 
 
