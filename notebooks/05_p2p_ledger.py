@@ -61,14 +61,15 @@ ledger.head(10)
 # A come down, small next to the backbone. The experts only ever travel peer to peer.
 #
 # How many remote experts does a client fetch per round? With E experts per layer and P = 3, each of its
-# slots is averaged with 3 others, so at most 3E distinct remote experts; fewer when two of its slots pick
-# the same peer's expert, or pick one of its own experts (which costs nothing).
+# slots is averaged with 3 others, so about 3E distinct remote experts at most (more only when correlations
+# tie at the threshold of Eq. 9, since ties are kept); fewer when two of its slots pick the same peer's
+# expert, or pick one of the client's own experts (which costs nothing).
 
 # %%
 p2p = ledger[(ledger["channel"] == "p2p") & ledger["accepted"]]
 fetched = p2p.groupby(["round", "dst"]).size()
-print(f"E = {fedmoe.config.num_experts}, P = {fedmoe.config.P}: at most {fedmoe.config.P * fedmoe.config.num_experts} "
-      f"remote experts per client and round; fetched {fetched.mean():.1f} on average (min {fetched.min()}, max {fetched.max()})")
+print(f"E = {fedmoe.config.num_experts}, P = {fedmoe.config.P}: P x E = {fedmoe.config.P * fedmoe.config.num_experts}; "
+      f"remote experts fetched per client and round: {fetched.mean():.1f} on average (min {fetched.min()}, max {fetched.max()})")
 
 # %% [markdown]
 # ## One round's graph, laid out by home domain
@@ -91,7 +92,8 @@ plt.show()
 # %% [markdown]
 # ## The whole run as a matrix
 # At 20 clients a graph of every round at once is a hairball; a matrix of MB per (peer, client) pair, clients
-# ordered by home domain, reads better: traffic within a domain is the diagonal blocks.
+# ordered by home domain, reads better: traffic within a domain is the diagonal blocks, and a dark block off the
+# diagonal is a pair of domains whose gates the proxy finds alike.
 
 # %%
 fig, ax, pairs = viz.plot_p2p_matrix(ledger, clients)

@@ -101,7 +101,10 @@ plt.show()
 #   not better than `gate`, domain-aware matching is not what limits FedMoE-DA here.
 #
 # ## What each setting costs
-# The same sweep, P2P megabytes: P sets how many experts travel, I and the schedule how often.
+# The same sweep, P2P megabytes: P sets how many experts travel, the schedule how often. Under `every_round`
+# the experts travel every round whatever I is (Eq. 11 is applied with the last A); under `refresh` only at
+# refresh rounds. The oracle proxy fetches more than P suggests: its R takes only the values 1, 0.5 and 0,
+# so many experts tie at the threshold of Eq. 9, and ties are kept.
 
 # %%
 fig, axes, df = viz.plot_sensitivity(table, "p2p_MB")
