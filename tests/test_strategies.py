@@ -25,6 +25,7 @@ from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport, simulate
 from fedmoe_da.fl import simulation as sim
 from fedmoe_da.fl.client import Trainer
+from fedmoe_da.fl.run_folder import RunFolder
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import Ditto, FedPer, FedProx, FedRep, make_strategy
 from fedmoe_da.fl.transport import SERVER
@@ -351,7 +352,7 @@ def test_run_folder_holds_every_table(tmp_path):
                 out=str(out))
     result = simulate(cfg)
     for name in ("config.json", "clients.csv", "history.csv", "ledger.csv", "rejections.csv", "aggregation.csv",
-                 "matrices.npz", "summary.json"):
+                 "matrices/round1.npz", "matrices/round3.npz", "summary.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "config.json").read_text())["config"] == cfg.to_dict()
 
@@ -374,10 +375,10 @@ def test_run_folder_holds_every_table(tmp_path):
     assert list(pd.read_csv(out / "rejections.csv").columns) == ["round", "src", "dst", "channel", "group", "reason"]
     assert json.loads((out / "summary.json").read_text()) == result.summary
 
-    # aggregation.csv and matrices.npz: one row / one A per refresh (rounds 1 and 3) and layer
+    # aggregation.csv and matrices/: one row / one A per refresh (rounds 1 and 3) and layer
     refreshes = [(r, l) for r in (1, 3) for l in (0, 1)]
     assert list(zip(result.aggregation["round"], result.aggregation["layer"])) == refreshes
-    saved = dict(np.load(out / "matrices.npz"))
+    saved = dict(RunFolder(out).matrices())
     kinds = ("A[{l}]", "gate[{l}]", "pool[{l}]")   # A, the uploaded gates it came from, the pool's clients
     assert sorted(saved) == sorted(f"round{r}/" + k.format(l=l) for r, l in refreshes for k in kinds) \
         == sorted(result.matrices)

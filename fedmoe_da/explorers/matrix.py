@@ -1,8 +1,9 @@
 """Explorers of FedMoE-DA's aggregation matrix (notebook 04): A recomputed on a run's saved proxies.
 
 A FedMoE-DA run keeps, per refresh round and MoE layer, the uploaded gates behind
-A and the pool's clients (``matrices.npz``; ``fl/fedmoe_da.py`` ``matrices()``),
-so A can be recomputed here for any P, tau or proxy without training:
+A and the pool's clients (``result.matrices``, the run folder's matrices/;
+``fl/fedmoe_da.py`` ``matrices()``), so A can be recomputed here for any P, tau
+or proxy without training:
 
     gates, pool = saved_gates(result)                    # (M, d), the pool's clients in A's row order
     A, diag = recompute(result, P=5, tau=0.1, proxy="gate_signature")

@@ -25,7 +25,7 @@ initial states are rebuilt from the seed (setup is deterministic). The
 history, ledger, rejections and aggregation rows up to round r are read back
 from the run folder after ``RunFolder.truncate`` cut off the rows of the
 unfinished round a kill -9 may have left, and the matrices of refreshes up to
-r from matrices.npz. Mini-batch orders come from (seed, round, client) alone.
+r from matrices/. Mini-batch orders come from (seed, round, client) alone.
 Ditto's global updates and the FedAvg payloads live within one round.
 
 Resume: ``simulate(config, resume=True)`` (config must be the folder's:
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ExperimentConfig
+from .matrices import Matrices
 from .run_folder import AGGREGATION, CHECKPOINT, CONFIG, HISTORY, LEDGER, REJECTIONS, RunFolder
 from .state import State
 from .strategy import Strategy
@@ -59,7 +60,7 @@ class Done:
     round: int = 0
     history: list[dict] = field(default_factory=list)
     diagnostics: list[dict] = field(default_factory=list)
-    matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    matrices: Matrices = field(default_factory=Matrices)
 
 
 def due(rnd: int, config: ExperimentConfig) -> bool:

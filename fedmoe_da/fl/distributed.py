@@ -612,7 +612,7 @@ class _ClientFolder(_Folder):
     def append(self, name, rows) -> None:
         pass
 
-    def save_matrices(self, matrices) -> None:
+    def save_matrices(self, matrices, rnd) -> None:
         pass
 
     def finish(self, summary) -> None:

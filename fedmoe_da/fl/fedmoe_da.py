@@ -103,7 +103,7 @@ class FedMoEDA(Strategy):
     def matrices(self) -> dict[str, torch.Tensor]:
         """Per layer: the current A, the uploaded gates it came from (M, d) and the pool's clients, in A's row order.
 
-        With the gates, a notebook can recompute A for other P, tau or proxies (matrices.npz of the run folder).
+        With the gates, a notebook can recompute A for other P, tau or proxies (matrices/ of the run folder).
         """
         out = {}
         for l, A in enumerate(self.A):

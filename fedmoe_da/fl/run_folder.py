@@ -7,15 +7,21 @@
     ledger.csv        one row per transfer: round, src, dst, channel, group, numel, bytes, accepted (appended per round)
     rejections.csv    one row per rejected payload or discarded local update                 (appended per round)
     aggregation.csv   FedMoE-DA: diagnostics of A per refresh and layer                      (appended per refresh)
-    matrices.npz      FedMoE-DA: A per refresh and layer, keyed ``round<r>/A[l]``
+    matrices/         FedMoE-DA: round<r>.npz per refresh r, written once at the refresh    (one file per refresh)
+                      (``matrices.py``): per layer l, A sparse (CSR) as ``round<r>/A[l]/indptr``,
+                      ``.../indices``, ``.../data``, ``.../shape``; the uploaded gates ``round<r>/gate[l]`` (M, d)
+                      and the pool's clients ``round<r>/pool[l]``. Folders written before hold instead one
+                      matrices.npz with every refresh, A dense as ``round<r>/A[l]``: read too, and split
+                      into matrices/ when such a run is resumed.
     summary.json      the numbers of ``summary.summarize``, written at the end
     checkpoint.pt     what ``--resume`` continues from (``checkpoint.py`` says what goes in): at the
                       start, then every ``checkpoint_every`` rounds after that round's rows are appended
 
 A kill -9 can leave rows of an unfinished round at the end of the appended
 tables: ``truncate`` cuts them back to their sizes at the checkpoint. The
-checkpoint and matrices.npz are written atomically (a temporary file, then
-``os.replace``), so a kill leaves the previous one whole.
+checkpoint and each matrices/round<r>.npz are written atomically (a temporary
+file, then ``os.replace``), so a kill leaves the previous one whole (or none);
+``truncate`` removes those of refreshes after the checkpoint.
 
 This module owns the file names and formats: nothing else reads or writes them.
 """
@@ -25,6 +31,7 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,11 +41,13 @@ import pandas as pd
 import torch
 
 from ..config import ConfigError, ExperimentConfig
+from .matrices import Matrices
 from .summary import SimulationResult
 from .transport import LEDGER_COLUMNS, REJECTION_COLUMNS
 
 CONFIG, CLIENTS, HISTORY, LEDGER, REJECTIONS = "config.json", "clients.csv", "history.csv", "ledger.csv", "rejections.csv"
-AGGREGATION, MATRICES, SUMMARY, CHECKPOINT = "aggregation.csv", "matrices.npz", "summary.json", "checkpoint.pt"
+AGGREGATION, MATRICES, SUMMARY, CHECKPOINT = "aggregation.csv", "matrices", "summary.json", "checkpoint.pt"
+DENSE_MATRICES = "matrices.npz"   # every refresh in one file, A dense: run folders written before matrices/
 APPENDED = (HISTORY, LEDGER, REJECTIONS, AGGREGATION)
 
 
@@ -61,13 +70,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def refresh_name(rnd: int) -> str:
+    """``round<r>``: a refresh's prefix in ``matrix_key`` and its file's stem in matrices/."""
+    return f"round{rnd}"
+
+
 def matrix_key(rnd: int, group: str) -> str:
-    """Key of one A in matrices.npz: ``round<r>/A[l]``."""
-    return f"round{rnd}/{group}"
+    """Key of one array a refresh keeps (``matrices.py``): ``round<r>/A[l]``, ``round<r>/gate[l]`` or
+    ``round<r>/pool[l]``."""
+    return f"{refresh_name(rnd)}/{group}"
 
 
 def matrix_round(key: str) -> int:
-    """The round of a matrices.npz key (``matrix_key``'s inverse)."""
+    """The round of a ``matrix_key`` (its inverse), or of a matrices/round<r>.npz file's stem."""
     return int(key.split("/", 1)[0].removeprefix("round"))
 
 
@@ -90,8 +105,9 @@ class RunFolder:
 
     def start(self, config: ExperimentConfig, clients: pd.DataFrame) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in APPENDED + (MATRICES, SUMMARY, CHECKPOINT):
+        for name in APPENDED + (DENSE_MATRICES, SUMMARY, CHECKPOINT):
             (self.path / name).unlink(missing_ok=True)            # a rerun into the same folder starts clean
+        shutil.rmtree(self.path / MATRICES, ignore_errors=True)
         (self.path / CONFIG).write_text(json.dumps({"config": config.to_dict(), "versions": versions()},
                                                    indent=2, sort_keys=True))
         clients.to_csv(self.path / CLIENTS, index=False)
@@ -105,16 +121,30 @@ class RunFolder:
         target = self.path / name
         rows.to_csv(target, mode="a", header=not target.exists(), index=False)
 
-    def save_matrices(self, matrices: dict[str, np.ndarray]) -> None:
-        """Every A so far, keyed ``matrix_key(round, group)`` (rewritten at each refresh)."""
-        _replace_atomically(self.path / MATRICES, lambda f: np.savez_compressed(f, **matrices))
+    def save_matrices(self, matrices: Matrices, rnd: int) -> None:
+        """The arrays of the refresh at round ``rnd`` (keys ``matrix_key(rnd, group)``), into matrices/round<r>.npz."""
+        arrays = matrices.arrays([k for k in matrices if matrix_round(k) == rnd])
+        (self.path / MATRICES).mkdir(exist_ok=True)
+        _replace_atomically(self._refresh_file(rnd), lambda f: np.savez_compressed(f, **arrays))
 
-    def matrices(self, last_round: int) -> dict[str, np.ndarray]:
-        """The A of every refresh up to ``last_round`` in matrices.npz."""
-        if not (self.path / MATRICES).exists():
-            return {}
-        with np.load(self.path / MATRICES) as saved:
-            return {k: saved[k] for k in saved.files if matrix_round(k) <= last_round}
+    def _refresh_file(self, rnd: int) -> Path:
+        return self.path / MATRICES / f"{refresh_name(rnd)}.npz"
+
+    def _refresh_files(self) -> dict[int, Path]:
+        """round -> matrices/round<r>.npz, in round order."""
+        found = (self.path / MATRICES).glob("round*.npz") if (self.path / MATRICES).is_dir() else ()
+        return dict(sorted((matrix_round(p.stem), p) for p in found))
+
+    def matrices(self, last_round: int | None = None) -> Matrices:
+        """The arrays of every refresh up to ``last_round`` (None: all), from matrices/ (or an older folder's
+        matrices.npz)."""
+        arrays: dict[str, np.ndarray] = {}
+        files = ([self.path / DENSE_MATRICES] if (self.path / DENSE_MATRICES).exists() else []) + \
+            [p for r, p in self._refresh_files().items() if last_round is None or r <= last_round]
+        for path in files:
+            with np.load(path) as saved:
+                arrays.update({k: saved[k] for k in saved.files if last_round is None or matrix_round(k) <= last_round})
+        return Matrices.from_arrays(arrays)
 
     # ------------------------------------------------------------------ checkpoint and resume
     def sizes(self) -> dict[str, int]:
@@ -122,7 +152,7 @@ class RunFolder:
         return {name: (self.path / name).stat().st_size if (self.path / name).exists() else 0 for name in APPENDED}
 
     def truncate(self, sizes: dict[str, int], last_round: int) -> None:
-        """Cut each appended table back to its size at the checkpoint of ``last_round``, and matrices.npz back
+        """Cut each appended table back to its size at the checkpoint of ``last_round``, and matrices/ back
         to the refreshes up to it: what a later, unfinished round wrote goes."""
         for name in APPENDED:
             target, size = self.path / name, int(sizes.get(name, 0))
@@ -134,15 +164,14 @@ class RunFolder:
                 target.unlink(missing_ok=True)
             elif now > size:
                 os.truncate(target, size)
-        if (self.path / MATRICES).exists():
-            with np.load(self.path / MATRICES) as saved:
-                later = any(matrix_round(k) > last_round for k in saved.files)
-            if later:
-                kept = self.matrices(last_round)
-                if kept:
-                    self.save_matrices(kept)
-                else:
-                    (self.path / MATRICES).unlink()
+        if (self.path / DENSE_MATRICES).exists():   # a folder written before matrices/: split it, one file per refresh
+            kept = self.matrices(last_round)
+            for rnd in sorted({matrix_round(k) for k in kept}):
+                self.save_matrices(kept, rnd)
+            (self.path / DENSE_MATRICES).unlink()
+        for rnd, path in self._refresh_files().items():
+            if rnd > last_round:
+                path.unlink()
 
     def table(self, name: str) -> pd.DataFrame:
         """One appended table as written so far (empty if not written yet)."""
@@ -193,7 +222,7 @@ def load_run(path: str | Path) -> SimulationResult:
     """Read a run folder back into a SimulationResult."""
     path = Path(path)
     cfg = ExperimentConfig.from_dict(json.loads((path / CONFIG).read_text())["config"])
-    matrices = dict(np.load(path / MATRICES)) if (path / MATRICES).exists() else {}
+    matrices = RunFolder(path).matrices()
     rejections = _read_csv(path / REJECTIONS)
     return SimulationResult(cfg, _read_csv(path / HISTORY), _read_csv(path / LEDGER), rejections,
                             json.loads((path / SUMMARY).read_text()), str(path), _read_csv(path / CLIENTS),

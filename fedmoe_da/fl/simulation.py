@@ -158,7 +158,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
         history.extend(rows)
         new_diag = strategy.diagnostics()
         diagnostics.extend(new_diag)
-        if new_diag:   # a refresh: keep this round's A of every layer
+        if new_diag:   # a refresh: keep this round's A (sparse: matrices.py), gates and pool of every layer
             matrices.update({matrix_key(rnd, g): A.numpy() for g, A in strategy.matrices().items()})  # type: ignore[attr-defined]
         if folder:
             folder.append(HISTORY, pd.DataFrame(rows))
@@ -166,7 +166,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
             folder.append(REJECTIONS, transport.ledger.rejections(written[REJECTIONS]))
             folder.append(AGGREGATION, pd.DataFrame(new_diag))
             if new_diag:
-                folder.save_matrices(matrices)
+                folder.save_matrices(matrices, rnd)
             written = {LEDGER: len(transport.ledger), REJECTIONS: transport.ledger.num_rejections}
             checkpoint.save(folder, rnd, config, states, strategy, rng)
         bar.set_postfix(acc=f"{np.nanmean([r['personalised_accuracy'] for r in rows]):.3f}")

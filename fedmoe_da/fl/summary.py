@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from ..config import ExperimentConfig
+from .matrices import Matrices
 
 SERVER_CHANNELS = ("server-up", "server-down")
 
@@ -30,7 +30,7 @@ class SimulationResult:
     run_dir: str | None = None
     clients: pd.DataFrame = field(default_factory=pd.DataFrame)      # one row per client: home domain, sizes, counts
     aggregation: pd.DataFrame = field(default_factory=pd.DataFrame)  # FedMoE-DA: diagnostics of A per refresh and layer
-    matrices: dict[str, np.ndarray] = field(default_factory=dict)    # FedMoE-DA: A per refresh and layer
+    matrices: Matrices = field(default_factory=Matrices)  # FedMoE-DA: A (sparse, read dense), gates, pool per refresh
 
 
 def worst_fraction_mean(values: pd.Series, fraction: float = 0.1) -> float:

@@ -46,7 +46,7 @@ def matrix_group(layer: int) -> str:
 
 
 def pool_key(layer: int) -> str:
-    """``pool[l]``: the client ids of layer l's pool, in the row order of A[l] (run folder, matrices.npz)."""
+    """``pool[l]``: the client ids of layer l's pool, in the row order of A[l] (run folder, matrices/)."""
     return f"pool[{layer}]"
 
 
