@@ -41,6 +41,7 @@ CSV_FLOAT_FORMAT = "%.6g"
 SUFFIXES = ("png", "pdf", "csv", "json")          # the files of one figure
 PAPER_FIGURES = notebooks.ROOT / "paper_figures"   # the committed full-size figures
 SMOKE_OUT = notebooks.ROOT / "build" / "figures-smoke"
+SMOKE_CELL_TIMEOUT = 300                          # s: a smoke notebook takes seconds; a cell this slow is stuck
 EXECUTED = notebooks.ROOT / "build" / "notebooks"  # executed copies: <smoke|full>/<notebook>.ipynb
 COMMAND = "python -m fedmoe_da.figures"
 
@@ -239,7 +240,8 @@ def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path
     def run(stem: str) -> str | None:
         since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
         try:
-            wall = notebooks.execute(stem, executed / f"{stem}.ipynb", runs[stem])
+            wall = notebooks.execute(stem, executed / f"{stem}.ipynb", runs[stem],
+                                     cell_timeout=SMOKE_CELL_TIMEOUT if smoke else None)
         except Exception as exc:   # papermill's PapermillExecutionError carries the failing cell's error
             what = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")
                     else (str(exc).strip().splitlines() or [type(exc).__name__])[-1])

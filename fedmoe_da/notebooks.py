@@ -38,11 +38,12 @@ def parameters(stem: str) -> dict[str, Any]:
         return {name: p["default"] for name, p in papermill.inspect_notebook(_to_ipynb(stem, Path(tmp))).items()}
 
 
-def execute(stem: str, executed: str | Path, params: dict[str, Any]) -> float:
+def execute(stem: str, executed: str | Path, params: dict[str, Any], cell_timeout: float | None = None) -> float:
     """Run the notebook with ``params`` injected, save the executed copy at ``executed``; returns the wall seconds.
 
     A failing cell raises papermill's PapermillExecutionError; the executed copy
-    (with the traceback in the failing cell) is still written.
+    (with the traceback in the failing cell) is still written. A cell running
+    longer than ``cell_timeout`` seconds fails (None: no limit).
     """
     import papermill
 
@@ -51,7 +52,8 @@ def execute(stem: str, executed: str | Path, params: dict[str, Any]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         papermill.execute_notebook(str(_to_ipynb(stem, Path(tmp))), str(executed), parameters=params,
-                                   kernel_name=KERNEL, cwd=str(ROOT), progress_bar=False)
+                                   kernel_name=KERNEL, cwd=str(ROOT), progress_bar=False,
+                                   execution_timeout=cell_timeout)
         return time.perf_counter() - start
 
 
