@@ -59,9 +59,15 @@ class Run:
         return f"{shlex.join(self.argv)} exited {self.returncode} after {self.seconds:.0f} s\n{self.output[-4000:]}"
 
 
-def run(argv: list[str], cwd: Path) -> Run:
+def run(argv: list[str], cwd: Path, timeout: float = 900) -> Run:
+    """Run a command with the test environment; a timeout is a failed Run (exit 124) with the output so far."""
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        partial = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                          for x in (exc.stdout, exc.stderr) if x)
+        return Run(argv, 124, f"{partial}\n[killed after {timeout:.0f} s]", time.perf_counter() - start)
     return Run(argv, proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start)
 
 

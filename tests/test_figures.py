@@ -189,9 +189,9 @@ def test_committed_figure(fig: Figure):
     assert (meta["figure"], meta["notebook"]) == (fig.id, fig.notebook)
     assert meta["smoke"] is False, f"{fig.id} was drawn in smoke mode"
     drawn_with = {k: v for k, v in meta["papermill_parameters"].items() if k != "RUNS_DIR"}
-    assert drawn_with == {"SMOKE": False, **fig.params}, f"{fig.id} was drawn with other parameters than the registry's"
+    assert drawn_with == {"SMOKE": False, **fig.params}, f"{fig.id} was drawn with other parameters than registered"
     assert meta["csv_sha256"] == figures.csv_sha256(PAPER_FIGURES / f"{fig.id}.csv"), \
-        f"{fig.id}.csv is not the file the run wrote: regenerate it (`{figures.COMMAND} --only {fig.id}`), never edit it"
+        f"{fig.id}.csv is not the file the run wrote: redraw it (`{figures.COMMAND} --only {fig.id}`), never edit it"
 
 
 def test_committed_readme_is_generated_from_the_registry():
