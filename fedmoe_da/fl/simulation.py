@@ -21,6 +21,8 @@ model's accuracy on every client's split.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +70,27 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's malloc_trim, or None where there is no glibc (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed during a round back to the system (glibc keeps it otherwise).
+
+    A round frees tens of MB of short-lived tensors (stacked states, activations, payload copies); glibc's
+    malloc keeps much of it mapped, so RSS climbs for many rounds although live memory does not (200
+    clients, 20 rounds: RSS +25% against +2.3% live). ``malloc_trim(0)`` returns it; it costs a few ms a round.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def initial_states(model: torch.nn.Module, config: ExperimentConfig, num_clients: int) -> list[State]:
@@ -170,6 +193,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
             written = {LEDGER: len(transport.ledger), REJECTIONS: transport.ledger.num_rejections}
             checkpoint.save(folder, rnd, config, states, strategy, rng)
         bar.set_postfix(acc=f"{np.nanmean([r['personalised_accuracy'] for r in rows]):.3f}")
+        release_freed_memory()
 
     result = SimulationResult(config, pd.DataFrame(history), transport.ledger.to_frame(), transport.ledger.rejections(),
                               clients=table, aggregation=pd.DataFrame(diagnostics), matrices=matrices)
