@@ -18,6 +18,7 @@ The command regenerates them, running each notebook that draws one once:
     python -m fedmoe_da.figures --only ID ...    # the notebooks drawing these ids
     python -m fedmoe_da.figures --smoke          # every notebook in smoke mode, into build/figures-smoke/
     python -m fedmoe_da.figures --list           # id, notebook, claim
+    python -m fedmoe_da.figures --readme         # only paper_figures/README.md, from the registry and the jsons
 """
 from __future__ import annotations
 
@@ -199,13 +200,13 @@ def _notebook_of(fig_id: str) -> str:
 
 
 def select(ids: list[str] | None = None) -> tuple[Figure, ...]:
-    """The registered figures with these ids (all when ``ids`` is empty), in registry order."""
+    """The registered figures with these ids (all when ``ids`` is empty), by notebook, then in registry order."""
     valid = [f.id for f in FIGURES]
     unknown = [i for i in ids or () if i not in valid]
     if unknown:
         raise ValueError(f"unknown figure id {', '.join(unknown)}; registered in fedmoe_da.figures.FIGURES: "
                          f"{', '.join(valid) or 'none'}")
-    return tuple(f for f in FIGURES if not ids or f.id in ids)
+    return tuple(sorted((f for f in FIGURES if not ids or f.id in ids), key=lambda f: f.notebook))
 
 
 def figure_files(fig_id: str, out: str | Path) -> list[Path]:
@@ -304,8 +305,8 @@ def readme(out: Path) -> str:
              "every registered figure is here, that each csv is finite and is the file the run wrote, and redraws "
              "a cheap subset at full size and compares it with these csvs (`tests/test_figures.py`).", "",
              "| figure | notebook | claim it tests |", "|---|---|---|"]
-    lines += [f"| [{f.id}](#{f.id.lower()}) | `notebooks/{f.notebook}.py` | {f.claim} |" for f in FIGURES]
-    for f in FIGURES:
+    lines += [f"| [{f.id}](#{f.id.lower()}) | `notebooks/{f.notebook}.py` | {f.claim} |" for f in select()]
+    for f in select():
         meta = out / f"{f.id}.json"
         wall = json.loads(meta.read_text()).get("notebook_wall_s") if meta.is_file() else None
         took = f", {wall:.0f} s for the whole notebook last time" if wall is not None else ""
@@ -329,6 +330,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"never into {_rel(PAPER_FIGURES)}/")
     p.add_argument("--only", nargs="+", metavar="ID", help="only these figure ids (and so their notebooks)")
     p.add_argument("--list", action="store_true", help="print id, notebook and claim of every figure, run nothing")
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md in --out from the registry and the "
+                   "jsons there, run nothing")
     p.add_argument("--out", type=Path, help=f"where the figures go (default {_rel(PAPER_FIGURES)}/, with "
                    f"--smoke {_rel(SMOKE_OUT)}/)")
     p.add_argument("--executed", type=Path, help=f"where the executed notebooks go (default "
@@ -353,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{f.id}\t{f.notebook}\t{f.claim}")
             return 0
         out = (args.out or (SMOKE_OUT if args.smoke else PAPER_FIGURES)).resolve()
+        if args.readme:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "README.md").write_text(readme(out))
+            return 0
         if args.smoke and out.is_relative_to(PAPER_FIGURES.resolve()):
             raise ValueError(f"--smoke does not write into {_rel(PAPER_FIGURES)}/ (smoke-sized figures are not the "
                              f"paper's): drop --smoke, or give --out elsewhere")

@@ -108,6 +108,15 @@ def test_readme_lists_each_figure_with_its_claim_and_command(tmp_path, monkeypat
 
 # ---- the command ----------------------------------------------------------------------------------------------
 
+def test_readme_only_rewrites_the_readme(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "FIGURES", (Figure("fig99_b", "99_y", "claim B", "shows B"),
+                                             Figure("fig98_a", "98_x", "claim A", "shows A")))
+    assert figures.main(["--readme", "--out", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+    text = (tmp_path / "README.md").read_text()
+    assert text == figures.readme(tmp_path) and text.index("## fig98_a") < text.index("## fig99_b")
+
+
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys):
     cases = [(["--only", "fig00_nope"], "unknown figure id fig00_nope; registered"),
              (["--smoke", "--out", str(PAPER_FIGURES / "sub")], "--smoke does not write into paper_figures/"),
@@ -124,7 +133,8 @@ def test_list_prints_each_figure_from_the_registry():
     proc = subprocess.run([sys.executable, "-m", "fedmoe_da.figures", "--list"], capture_output=True, text=True,
                           timeout=120, env=smoke_runs.ENV)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [f"{f.id}\t{f.notebook}\t{f.claim}" for f in FIGURES]
+    assert proc.stdout.splitlines() == [f"{f.id}\t{f.notebook}\t{f.claim}" for f in figures.select()]
+    assert sorted(proc.stdout.splitlines()) == sorted(f"{f.id}\t{f.notebook}\t{f.claim}" for f in FIGURES)
 
 
 SCRATCH_NOTEBOOK = """# ---
