@@ -74,8 +74,8 @@ def test_registry_is_well_formed():
         assert f.claim.strip() and f.shows.strip(), f"{f.id}: claim and shows must say something"
         assert f'"{f.id}"' in notebooks.source(f.notebook).read_text(), f"notebooks/{f.notebook}.py never saves {f.id}"
     # every name passed to papermill is a parameter of its notebook, and a notebook's figures agree on them
-    for smoke in (True, False):
-        figures.notebook_runs(FIGURES, smoke, PAPER_FIGURES)
+    for smoke in (True, False):   # make figures also sets RUNS_DIR
+        figures.notebook_runs(FIGURES, smoke, PAPER_FIGURES, runs_dir=PAPER_FIGURES.parent / "build" / "runs")
 
 
 def test_save_figure_writes_four_files_and_refuses_unregistered_ids(tmp_path, monkeypatch):
