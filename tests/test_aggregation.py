@@ -473,3 +473,21 @@ def test_local_strategy_sends_nothing():
     Local(cfg, groups, template, NUM_TRAIN).communicate(1, [0, 1, 2], states, t)
     assert ledger_rows(t).empty
     assert all(torch.equal(s[n], b[n]) for s, b in zip(states, before) for n in s)
+
+
+def test_row_blocks_give_the_same_matrix_and_diagnostics(monkeypatch):
+    """Eq. 8-10 and the diagnostics a few rows at a time (how 1,000-client pools fit in memory) equal one block."""
+    from fedmoe_da.fl import aggregation as agg
+
+    gen = torch.Generator().manual_seed(3)
+    proxies = torch.randn(24, 5, generator=gen)
+    proxies[7] = proxies[3]                                               # a tie
+    pool, homes = list(range(6)), [0, 1, 0, 2, 1, 2]
+    whole = agg.aggregation_matrix(proxies, 3, 0.2, min_correlation=-0.5)
+    diag = agg.matrix_diagnostics(whole, pool, 4, homes)
+    monkeypatch.setattr(agg, "ROW_BLOCK_ELEMENTS", 24 * 5)               # 5 rows a block, the last one 4
+    assert len(agg.row_blocks(24)) == 5
+    blocks = agg.aggregation_matrix(proxies, 3, 0.2, min_correlation=-0.5)
+    assert torch.allclose(blocks, whole, atol=1e-7)
+    for key, value in agg.matrix_diagnostics(blocks, pool, 4, homes).items():
+        assert value == pytest.approx(diag[key], abs=1e-9), key

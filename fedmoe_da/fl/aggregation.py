@@ -22,14 +22,26 @@ def fedavg(tensors: list[Tensor], weights: list[float] | Tensor) -> Tensor:
     return torch.tensordot(w, stacked, dims=1).to(tensors[0].dtype)
 
 
-def correlation(proxies: Tensor) -> Tensor:
-    """Eq. 8: R_ij = cos(pi_i, pi_j) over the whole pool. proxies (M, d) -> R (M, M).
+ROW_BLOCK_ELEMENTS = 2**22   # pool-sized matrices are built this many elements (rows x M) at a time
+
+
+def row_blocks(M: int) -> list[slice]:
+    """Row slices of an (M, M) matrix, each of at most ``ROW_BLOCK_ELEMENTS``: at 1,000 clients x 8 experts
+    one fp64 (M, M) matrix is 512 MB, so Eq. 8-10 and the diagnostics work a block of rows at a time."""
+    step = max(1, ROW_BLOCK_ELEMENTS // max(M, 1))
+    return [slice(r, min(r + step, M)) for r in range(0, M, step)]
+
+
+def correlation(proxies: Tensor, rows: slice | None = None) -> Tensor:
+    """Eq. 8: R_ij = cos(pi_i, pi_j) over the whole pool. proxies (M, d) -> R (M, M), or its ``rows`` (m, M).
 
     R_ii is 1 by definition (also for an all-zero proxy, which is orthogonal to all others).
     """
     z = torch.nn.functional.normalize(proxies.double(), dim=1)                 # (M, d) unit rows
-    R = z @ z.T                                                                # (M, M)
-    R.fill_diagonal_(1.0)
+    rows = rows if rows is not None else slice(0, z.shape[0])
+    R = z[rows] @ z.T                                                          # (m, M)
+    i = torch.arange(R.shape[0])
+    R[i, i + rows.start] = 1.0
     return R
 
 
@@ -50,17 +62,21 @@ def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: flo
     if P < 0 or tau <= 0:
         raise ValueError(f"P={P}, tau={tau} are invalid: need P >= 0 and tau > 0")
     M = proxies.shape[0]
-    R = correlation(proxies)                                                   # Eq. 8, (M, M)
     if P == 0:
         return torch.eye(M, dtype=torch.float32)
-    # Eq. 9: S_i = { j : R_ij >= (P+1)-th largest value of row i } (row i contains i itself)
-    threshold = R.topk(min(P + 1, M), dim=1).values[:, -1:]                    # (M, 1)
-    selected = R >= threshold - TIE_TOLERANCE                                  # (M, M) bool
-    if min_correlation is not None:                                            # the guard, see above
-        selected &= (R > min_correlation + TIE_TOLERANCE) | torch.eye(M, dtype=torch.bool)
-    # Eq. 10: a_ij = exp(R_ij / tau) / sum_{l in S_i} exp(R_il / tau), 0 outside S_i
-    logits = (R / tau).masked_fill(~selected, float("-inf"))
-    return torch.softmax(logits, dim=1).float()                                # (M, M), rows sum to 1
+    A = torch.empty(M, M, dtype=torch.float32)
+    for rows in row_blocks(M):                                                 # rows are independent
+        R = correlation(proxies, rows)                                         # Eq. 8, (m, M)
+        # Eq. 9: S_i = { j : R_ij >= (P+1)-th largest value of row i } (row i contains i itself)
+        threshold = R.topk(min(P + 1, M), dim=1).values[:, -1:]                # (m, 1)
+        selected = R >= threshold - TIE_TOLERANCE                              # (m, M) bool
+        if min_correlation is not None:                                        # the guard, see above
+            own = torch.arange(rows.start, rows.stop)[:, None] == torch.arange(M)[None, :]
+            selected &= (R > min_correlation + TIE_TOLERANCE) | own
+        # Eq. 10: a_ij = exp(R_ij / tau) / sum_{l in S_i} exp(R_il / tau), 0 outside S_i
+        logits = (R / tau).masked_fill(~selected, float("-inf"))
+        A[rows] = torch.softmax(logits, dim=1).float()                         # rows sum to 1
+    return A
 
 
 def aggregate_experts(A: Tensor, thetas: Tensor) -> Tensor:
@@ -142,38 +158,51 @@ def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domain
       share on the same slot of other clients; intra_client_share: the share on
       other slots of the same client; nnz_per_row: mean non-zeros per row.
     """
-    A = A.double()
     M = A.shape[0]
     client = torch.tensor(pool).repeat_interleave(num_experts)                  # (M,) client of each pair
     slot = torch.arange(num_experts).repeat(len(pool))                          # (M,)
-    eye = torch.eye(M, dtype=torch.bool)
-    same_client = client[:, None] == client[None, :]                            # (M, M)
-    off = A.masked_fill(eye, 0.0)
-    off_total = off.sum(1)                                                      # (M,)
-    inter = A.masked_fill(same_client, 0.0)                                     # inter-client weight
+    home = (torch.tensor([home_domains[k] for k in pool]).repeat_interleave(num_experts)
+            if home_domains is not None else None)
+    per_row: dict[str, list[Tensor]] = {k: [] for k in ("diag", "off", "same_slot", "intra", "nnz", "inter",
+                                                        "same_home", "chance")}
+    for rows in row_blocks(M):                                                  # per-row sums, a block at a time
+        a = A[rows].double()                                                    # (m, M)
+        c = client[rows, None]
+        eye = torch.arange(rows.start, rows.stop)[:, None] == torch.arange(M)[None, :]
+        same_client = c == client[None, :]                                      # (m, M)
+        off = a.masked_fill(eye, 0.0)
+        inter = a.masked_fill(same_client, 0.0)                                 # inter-client weight
+        per_row["diag"].append(a[eye])
+        per_row["off"].append(off.sum(1))
+        per_row["same_slot"].append((off * ((slot[rows, None] == slot[None, :]) & ~same_client)).sum(1))
+        per_row["intra"].append((off * (same_client & ~eye)).sum(1))
+        per_row["nnz"].append((a > 0).sum(1).double())
+        per_row["inter"].append(inter.sum(1))
+        if home is not None:
+            same_home = (home[rows, None] == home[None, :]) & ~same_client
+            per_row["same_home"].append((inter * same_home).sum(1))
+            per_row["chance"].append(same_home.sum(1).double() / (~same_client).sum(1).double())
+    v = {k: torch.cat(t) if t else None for k, t in per_row.items()}
     out = {
-        "self_weight": float(A.diagonal().mean()),
-        "same_slot_share": _share(off, (slot[:, None] == slot[None, :]) & ~same_client, off_total),
-        "intra_client_share": _share(off, same_client & ~eye, off_total),
-        "nnz_per_row": float((A > 0).sum(1).double().mean()),
+        "self_weight": float(v["diag"].mean()),
+        "same_slot_share": _share(v["same_slot"], v["off"]),
+        "intra_client_share": _share(v["intra"], v["off"]),
+        "nnz_per_row": float(v["nnz"].mean()),
         "domain_purity": float("nan"), "purity_chance": float("nan"),
     }
-    if home_domains is not None and len(pool) > 1:
-        home = torch.tensor([home_domains[k] for k in pool]).repeat_interleave(num_experts)  # (M,)
-        same_home = (home[:, None] == home[None, :]) & ~same_client
-        out["domain_purity"] = _share(inter, same_home, inter.sum(1))
-        chance = same_home.sum(1).double() / (~same_client).sum(1).double()     # (M,) per row
-        has = inter.sum(1) > 0                                                  # the rows purity averages over
-        out["purity_chance"] = float(chance[has].mean()) if bool(has.any()) else float("nan")
+    if home is not None and len(pool) > 1:
+        out["domain_purity"] = _share(v["same_home"], v["inter"])
+        has = v["inter"] > 0                                                    # the rows purity averages over
+        out["purity_chance"] = float(v["chance"][has].mean()) if bool(has.any()) else float("nan")
     return out
 
 
-def _share(weights: Tensor, mask: Tensor, totals: Tensor) -> float:
-    """Mean over rows with a positive total of (masked weight / total); NaN if no row has any."""
+def _share(part: Tensor, totals: Tensor) -> float:
+    """Mean over rows with a positive total of (part / total), per-row sums (M,); NaN if no row has any."""
     has = totals > 0
     if not bool(has.any()):
         return float("nan")
-    return float(((weights * mask).sum(1)[has] / totals[has]).mean())
+    return float((part[has] / totals[has]).mean())
 
 
 def pool_proxies(proxy: str, gates: Tensor, pool: list[int], num_experts: int, home_domains: list[int] | None) -> Tensor:
