@@ -14,12 +14,20 @@ TIE_TOLERANCE = 1e-6
 """Correlations within this of the selection threshold count as ties and are kept (Eq. 9)."""
 
 
+FEDAVG_CHUNK = 64   # clients stacked at once: at 1,000 clients one stack of a backbone weight is 260 MB
+
+
 def fedavg(tensors: list[Tensor], weights: list[float] | Tensor) -> Tensor:
-    """Weighted mean sum_k w_k x_k / sum_k w_k (weights: usually each client's training-set size)."""
+    """Weighted mean sum_k w_k x_k / sum_k w_k (weights: usually each client's training-set size): one weighted
+    sum over the client dimension per ``FEDAVG_CHUNK`` clients."""
     w = torch.as_tensor(weights, dtype=torch.float64)
     w = (w / w.sum()).to(torch.float32)
-    stacked = torch.stack([t.float() for t in tensors])                        # (N, ...)
-    return torch.tensordot(w, stacked, dims=1).to(tensors[0].dtype)
+    out = None
+    for i in range(0, len(tensors), FEDAVG_CHUNK):
+        stacked = torch.stack([t.float() for t in tensors[i:i + FEDAVG_CHUNK]])   # (n, ...)
+        part = torch.tensordot(w[i:i + FEDAVG_CHUNK], stacked, dims=1)
+        out = part if out is None else out + part
+    return out.to(tensors[0].dtype)
 
 
 ROW_BLOCK_ELEMENTS = 2**22   # pool-sized matrices are built this many elements (rows x M) at a time
