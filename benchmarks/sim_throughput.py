@@ -31,7 +31,6 @@ and ``<out>/sim_throughput.json`` (config, machine, load averages, package versi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -56,26 +55,24 @@ def rss_mb(field: str = "VmRSS") -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def engines_available() -> tuple[str, ...] | None:
-    """The config's engine choices, or None when ExperimentConfig has no ``engine`` field (only the loop exists)."""
-    from fedmoe_da import config as config_mod
+def check_args(args) -> None:
+    """Bad --rounds, --repeats or --engine exit with one line; --engine defaults to the config's default engine
+    (shared with vs_flower.py)."""
+    from fedmoe_da.config import ENGINES, ExperimentConfig
 
-    if "engine" not in {f.name for f in dataclasses.fields(config_mod.ExperimentConfig)}:
-        return None
-    return tuple(getattr(config_mod, "ENGINES", ("stacked", "loop")))
+    if args.rounds < 2 or args.repeats < 1:
+        sys.exit(f"--rounds={args.rounds} --repeats={args.repeats} are invalid: need rounds >= 2, repeats >= 1")
+    args.engine = args.engine or [ExperimentConfig().engine]
+    bad = [e for e in args.engine if e not in ENGINES]
+    if bad:
+        sys.exit(f"--engine={bad[0]!r} is invalid: must be one of {', '.join(ENGINES)}")
 
 
 def make_config(clients: int, rounds: int, strategy: str, engine: str, **fields):
-    """The benchmark's config; ``engine`` is passed through when the config has the field, else it must be loop."""
-    from fedmoe_da.config import ConfigError, ExperimentConfig
+    """The benchmark's config: the defaults but for these."""
+    from fedmoe_da.config import ExperimentConfig
 
-    extra = {}
-    if engines_available() is not None:
-        extra["engine"] = engine
-    elif engine != "loop":
-        raise ConfigError(f"engine={engine!r} is invalid: this checkout's ExperimentConfig has no engine field; "
-                          "only 'loop' runs")
-    return ExperimentConfig(num_clients=clients, rounds=rounds, strategy=strategy, **fields, **extra).validate()
+    return ExperimentConfig(num_clients=clients, rounds=rounds, strategy=strategy, engine=engine, **fields).validate()
 
 
 def matmul_peak_gflops(sizes=(512, 768, 1024), repeats: int = 5) -> float:
@@ -244,16 +241,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/sim_throughput")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rounds < 2 or args.repeats < 1:
-        sys.exit(f"--rounds={args.rounds} --repeats={args.repeats} are invalid: need rounds >= 2, repeats >= 1")
-    choices = engines_available()
-    if args.engine is None:
-        from fedmoe_da.config import ExperimentConfig
-        args.engine = [ExperimentConfig().engine if choices is not None else "loop"]  # type: ignore[attr-defined]
-    allowed = choices if choices is not None else ("loop",)
-    bad = [e for e in args.engine if e not in allowed]
-    if bad:
-        sys.exit(f"--engine={bad[0]!r} is invalid: this checkout offers {', '.join(allowed)}")
+    check_args(args)
     if args.child:
         print(json.dumps(one(args.clients[0], args.rounds, args.strategy, args.engine[0])))
         return

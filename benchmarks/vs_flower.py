@@ -44,7 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sim_throughput import RoundClock, engines_available, load_average, machine, make_config, uncommitted  # noqa: E402
+from sim_throughput import RoundClock, check_args, load_average, machine, make_config, uncommitted  # noqa: E402
 
 MARK = "VS_FLOWER_RESULT "
 CONFIG_KEY = "fedmoe-config"   # the ConfigRecord entry carrying the workload's config (JSON) to every ClientApp
@@ -247,16 +247,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rounds < 2 or args.repeats < 1:
-        sys.exit(f"--rounds={args.rounds} --repeats={args.repeats} are invalid: need rounds >= 2, repeats >= 1")
-    choices = engines_available()
-    if args.engine is None:
-        from fedmoe_da.config import ExperimentConfig
-        args.engine = [ExperimentConfig().engine if choices is not None else "loop"]  # type: ignore[attr-defined]
-    allowed = choices if choices is not None else ("loop",)
-    bad = [e for e in args.engine if e not in allowed]
-    if bad:
-        sys.exit(f"--engine={bad[0]!r} is invalid: this checkout offers {', '.join(allowed)}")
+    check_args(args)
     if args.child:
         args.side, args.clients, args.engine = args.child, args.clients[0], args.engine[0]
         return child(args)
