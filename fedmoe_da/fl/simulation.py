@@ -88,8 +88,9 @@ def release_freed_memory() -> None:
 
     glibc also raises its mmap threshold each time a block of megabytes is freed, after which such blocks come
     from the heap and fragment it: at 200 clients the stacked engine's RSS grows 13-17% from round 2 to 20 (a
-    step, then flat). ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment keeps it at +2% but made the stacked
-    engine about 15% slower here (page faults on every large block), so it is left to the user (README).
+    step, then flat). ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment keeps it at +2% (and 1,000 clients'
+    peak at 2.7 GB instead of 5.6) but made the stacked engine about 25% slower at 100 clients (page faults on
+    every large block), so it is left to the user (README, benchmarks/results/sim_throughput/).
     """
     libc = _glibc()
     if libc is not None:
