@@ -110,7 +110,10 @@ def test_restart_resumes_from_the_checkpoint(reference, tmp_path):
     """Same kill with --max-restarts 1: the group restarts, resumes from round 1 and ends as the in-process run."""
     proc = torchrun(tmp_path / "run", CASES["fedmoe_da"], env={"FEDMOE_DA_KILL": "2:2"}, extra=["--max-restarts=1"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank 2 (clients 1, 3) died during round 2" in proc.stderr
+    # rank 2 was killed: the survivors name it, unless torchrun's agent tore them down first (it restarts the
+    # group as soon as it sees the SIGKILL, a race), in which case the agent's own line names it
+    assert ("rank 2 (clients 1, 3) died during round 2" in proc.stderr
+            or re.search(r"exitcode: -9\) local_rank: 2 ", proc.stderr)), proc.stderr[-3000:]
     assert '"rounds": 1' in proc.stdout   # the second attempt ran round 2 only
     same_files(tmp_path / "run", reference / "fedmoe_da")
 
