@@ -100,7 +100,10 @@ def test_killed_rank_stops_the_job_with_one_line(tmp_path):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("fedmoe-da: error:")]
     assert len(lines) == 1, proc.stderr[-3000:]
-    assert re.match(r"fedmoe-da: error: rank 2 \(clients 1, 3\) died during round 2, .*Round 1 is saved", lines[0])
+    # rank 2 is named as dead, or (with the ranks starved of CPU, e.g. all pinned to one core) as silent beside
+    # a slow survivor; either way one line, the round, and what is saved
+    assert re.match(r"fedmoe-da: error: (.*; )?rank 2 \(clients 1, 3\) (died|stopped answering).* during round 2"
+                    r"[,;] .*Round 1 is saved", lines[0]), lines[0]
     assert elapsed < 60, f"took {elapsed:.0f} s"
     assert not re.search(r'File ".*fedmoe_da/', proc.stderr), proc.stderr   # no worker traceback (torchrun's own only)
 
