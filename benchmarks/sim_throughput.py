@@ -97,7 +97,6 @@ def matmul_peak_gflops(sizes=(512, 768, 1024), repeats: int = 5) -> float:
 
 def train_flops_per_sample(config) -> float:
     """FLOPs of one training sample (forward + backward of one batch of the real model and data, / batch size)."""
-    import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
