@@ -98,6 +98,11 @@ class Trainer:
         """``evaluate`` of each (state, x, y), one after another."""
         return [self.evaluate(state, x, y) for state, x, y in items]
 
+    def evaluate_shared(self, state: State, items: list[tuple[Tensor, Tensor]]) -> list[EvalResult]:
+        """``evaluate`` of one ``state`` (a global model) on each (x, y). (The stacked engine runs all the rows
+        through the model at once instead of stacking the same state once per client.)"""
+        return self.evaluate_many([(state, x, y) for x, y in items])
+
     @torch.no_grad()
     def evaluate(self, state: State, x: Tensor, y: Tensor) -> EvalResult:
         """Loss, accuracy and routed-token counts of ``state`` on (x, y)."""

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..models.stacked import stackable, stacked_forward
 from .client import EvalResult, Job, Trainer
-from .state import State
+from .state import State, load_state
 
 CHUNK = 64              # clients trained together; their stacked states and optimizer moments stay small
 EVAL_ROWS = 4096        # rows (clients x test examples) per evaluation pass
@@ -178,6 +178,51 @@ class StackedTrainer(Trainer):
                 out.append(EvalResult(math.nan if nan else loss[g], math.nan if nan else acc[g],
                                       [counts[g].tolist()]))
         return out
+
+    @torch.no_grad()
+    def evaluate_shared(self, state: State, items: list[tuple[Tensor, Tensor]]) -> list[EvalResult]:
+        """``Trainer.evaluate_shared`` in a few passes: one state (the global model) loaded once, every client's
+        test rows concatenated and run through the model module in slices of at most ``EVAL_ROWS`` rows.
+
+        Per row: its cross-entropy, whether it is correct, and the k experts its one token was routed to
+        (``layer.routing.indices`` (R, k): the CNN and MLP route one token per row). Segment sums over the
+        rows' client ids then give each client's mean loss, accuracy and routed counts, what ``evaluate``
+        gives on that client alone. Images go channels-last: the module's convolutions then run as fast as
+        ``stacked_forward`` with G=1 (default CNN, 1,280 rows, one thread: 40 ms against 44 ms; 60 ms
+        NCHW), and unlike it the module keeps the per-token routing.
+        """
+        if self.why_not is not None:
+            return super().evaluate_shared(state, items)
+        model, dev = self.model, self.config.device
+        layer = model.moe_layers[0]
+        G, E = len(items), layer.num_experts
+        load_state(model, state)
+        model.eval()
+        sizes = [len(y) for _, y in items]
+        n = torch.tensor(sizes, dtype=torch.long, device=dev)                       # (G,) rows per client
+        ends = n.cumsum(0).tolist()
+        cid = torch.repeat_interleave(torch.arange(G, device=dev), n)               # (N,) client of each row
+        loss_sum = torch.zeros(G, dtype=torch.float64, device=dev)
+        correct = torch.zeros(G, dtype=torch.long, device=dev)
+        counts = torch.zeros(G * E, dtype=torch.long, device=dev)                  # (G, E) flattened
+        channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.features)
+        for r0 in range(0, ends[-1] if G else 0, EVAL_ROWS):                     # rows [r0, r1) of all clients
+            r1 = min(r0 + EVAL_ROWS, ends[-1])
+            part = [(x[max(r0 - e + n, 0):r1 - e + n], y[max(r0 - e + n, 0):r1 - e + n])
+                    for (x, y), e, n in zip(items, ends, sizes) if e - n < r1 and e > r0]
+            x = torch.cat([x for x, _ in part]).to(dev)
+            y = torch.cat([y for _, y in part]).to(dev)                              # (R,)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)                                                        # (R, classes)
+            c = cid[r0:r1]                                                           # (R,) client of each row
+            loss_sum.index_add_(0, c, F.cross_entropy(logits, y, reduction="none").double())
+            correct.index_add_(0, c, (logits.argmax(1) == y).long())
+            chosen = c[:, None] * E + layer.routing.indices                          # (R, k) -> client, expert
+            counts.index_add_(0, chosen.flatten(), torch.ones(chosen.numel(), dtype=torch.long, device=dev))
+        loss, acc, routed = (loss_sum / n).tolist(), (correct / n).tolist(), counts.view(G, E).tolist()
+        return [EvalResult(math.nan if sizes[g] == 0 else loss[g], math.nan if sizes[g] == 0 else acc[g],
+                           [routed[g]]) for g in range(G)]
 
 
 class StackedOptimizer:
