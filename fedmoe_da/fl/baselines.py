@@ -104,7 +104,7 @@ class Ditto(Strategy):
                                             prox_mu=self.config.ditto_lambda)]
 
     def finish(self, k, results):
-        self.global_updates[k] = results[0][0]
+        self.global_updates[k] = {n: t.clone() for n, t in results[0][0].items()}   # results may be views
         return results[1]
 
     def upload_state(self, k, states):

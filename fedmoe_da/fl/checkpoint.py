@@ -8,7 +8,8 @@ a temporary file, then ``os.replace``, so a kill leaves the previous one whole):
     format     FORMAT; a checkpoint of another format is refused
     round      r, the last finished round (0: none)
     config     the run's config (``to_dict``); a checkpoint of another config is refused
-    states     every client's state: a list (client) of {tensor name: tensor}
+    states     every client's state: a list (client) of {tensor name: tensor}; the runner's states are
+               rows of stacked tensors (``state.ClientStates``), so each stacked tensor is stored once
     strategy   ``strategy.state_dict()``: server_state, server_version, held (the version each client
                holds); FedMoE-DA adds A, pool and version per layer, server_gates, initial_gates and
                client_rows (the rows of A each client holds)
@@ -36,6 +37,7 @@ RUN_DIR`` on the command line. A finished run is read back.
 from __future__ import annotations
 
 import json
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +69,7 @@ def due(rnd: int, config: ExperimentConfig) -> bool:
     return config.checkpoint_every > 0 and rnd % config.checkpoint_every == 0
 
 
-def save(folder: RunFolder, rnd: int, config: ExperimentConfig, states: list[State], strategy: Strategy,
+def save(folder: RunFolder, rnd: int, config: ExperimentConfig, states: Sequence[State], strategy: Strategy,
          rng: np.random.Generator) -> None:
     """Write the checkpoint of round ``rnd`` if one is due (call after the round's rows are appended)."""
     if not due(rnd, config):
@@ -76,7 +78,7 @@ def save(folder: RunFolder, rnd: int, config: ExperimentConfig, states: list[Sta
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch_rng["cuda"] = torch.cuda.get_rng_state_all()
     folder.save_checkpoint({
-        "format": FORMAT, "round": rnd, "config": config.to_dict(), "states": states,
+        "format": FORMAT, "round": rnd, "config": config.to_dict(), "states": [dict(s) for s in states],
         "strategy": strategy.state_dict(),
         "rng": {"participants": json.dumps(rng.bit_generator.state), **torch_rng},
         "files": folder.sizes()})
@@ -124,7 +126,7 @@ def saved_round(run_dir: str | Path) -> int | None:
     return int(folder.load_checkpoint()["round"]) if folder.has_checkpoint() else None
 
 
-def restore(folder: RunFolder, config: ExperimentConfig, states: list[State], strategy: Strategy,
+def restore(folder: RunFolder, config: ExperimentConfig, states: MutableSequence[State], strategy: Strategy,
             rng: np.random.Generator, ledger: CommLedger) -> Done:
     """Load the checkpoint into the freshly set-up run and cut the run folder back to it; returns what was done.
 
@@ -139,7 +141,8 @@ def restore(folder: RunFolder, config: ExperimentConfig, states: list[State], st
         raise ConfigError(f"{where} belongs to another config: {problem}")
     if len(ckpt["states"]) != len(states):
         raise ConfigError(f"{where} holds {len(ckpt['states'])} client states, the run has {len(states)}")
-    states[:] = [dict(s) for s in ckpt["states"]]
+    for k, state in enumerate(ckpt["states"]):
+        states[k] = dict(state)
     strategy.load_state_dict(ckpt["strategy"])
     rng.bit_generator.state = json.loads(ckpt["rng"]["participants"])
     torch.set_rng_state(ckpt["rng"]["torch"])

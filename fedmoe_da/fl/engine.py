@@ -57,6 +57,8 @@ class StackedTrainer(Trainer):
 
     # ------------------------------------------------------------------ training
     def train_jobs(self, jobs: list[Job]) -> list[tuple[State, float]]:
+        """As ``Trainer.train_jobs``; each new state is a view of its chunk's stacked parameters (the runner copies
+        it into the client's row of ``ClientStates``; a strategy that keeps one beyond the round clones it)."""
         if self.why_not is not None:
             return super().train_jobs(jobs)
         out: list[tuple[State, float] | None] = [None] * len(jobs)
@@ -136,7 +138,7 @@ class StackedTrainer(Trainer):
                 loss_sum[:g] += loss.detach()
                 steps[:g] += 1
         mean_loss = (loss_sum / steps.clamp(min=1)).tolist()
-        return [({n: P[n][g].detach().clone() for n in self.names}, mean_loss[g]) for g in range(G)]
+        return [({n: P[n][g].detach() for n in self.names}, mean_loss[g]) for g in range(G)]   # rows of P: views
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -41,7 +41,7 @@ from . import checkpoint
 from .client import Trainer
 from .engine import StackedTrainer
 from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, load_run, matrix_key
-from .state import State, get_state, is_finite_state
+from .state import ClientStates, get_state, is_finite_state
 from .strategies import make_strategy
 from .strategy import Strategy
 from .summary import SimulationResult, summarize
@@ -97,10 +97,11 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def initial_states(model: torch.nn.Module, config: ExperimentConfig, num_clients: int) -> list[State]:
-    """One initialisation for every client; with ``gate_init="per_client"`` each client draws its own gates."""
+def initial_states(model: torch.nn.Module, config: ExperimentConfig, num_clients: int) -> ClientStates:
+    """One initialisation for every client, stacked (``ClientStates``); with ``gate_init="per_client"`` each
+    client draws its own gates."""
     template = get_state(model)
-    states = [{n: t.clone() for n, t in template.items()} for _ in range(num_clients)]
+    states = ClientStates({n: t.unsqueeze(0).repeat(num_clients, *([1] * t.dim())) for n, t in template.items()})
     if config.gate_init == "per_client":
         groups = models.param_groups(model)
         for k, state in enumerate(states):
@@ -212,7 +213,7 @@ def evaluate_round(rnd, config, clients, states, trainer, strategy, participants
     rows = []
     global_state = strategy.global_state
     personal = trainer.evaluate_many([(states[c.client], c.x_test, c.y_test) for c in clients])
-    shared = (trainer.evaluate_many([(global_state, c.x_test, c.y_test) for c in clients])
+    shared = (trainer.evaluate_shared(global_state, [(c.x_test, c.y_test) for c in clients])
               if global_state is not None else [None] * len(clients))
     for c, ev, glob in zip(clients, personal, shared):
         row = {"round": rnd, "client": c.client, "strategy": config.strategy, "seed": config.seed,

@@ -2,12 +2,16 @@
 
 One model workspace is shared by the whole simulation; a client's state is
 loaded into it, trained and copied out (memory stays flat over rounds: N
-states, one model). A parameter group (``models.param_groups``) names which
+states, one model). The runner keeps the N states stacked for the whole run
+(``ClientStates``: one tensor per parameter, client first), and strategies
+index them as a list of states. A parameter group (``models.param_groups``) names which
 parts of a state travel together; ``read_group`` / ``write_group`` turn a group
 of a state into a payload (tensor name -> tensor, names from ``models.names``)
 and back.
 """
 from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,3 +51,72 @@ def write_group(state: State, refs: list[ParamRef], tensors: dict[str, Tensor]) 
 
 def is_finite_state(state: State) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state.values())
+
+
+class ClientStates(Sequence):
+    """Every client's state for the whole run, stacked: one tensor per parameter name, client first (N, ...).
+
+    Strategies index it like a list of states: ``states[k]`` is client k's state, a dict-like view whose
+    tensors are rows of the stacked tensors (``ClientState``). Writing through the view
+    (``states[k][name] = t``, ``states[k][name][slot] = t``, ``write_group``) and ``states[k] = new_state``
+    copy into the rows in place, so nothing is allocated per client and round, and the engine and Eq. 11 can
+    read every client's tensor at once (``stacked``). Reading gives views: clone what must not change.
+
+    A checkpoint of ``[states[k] for k]`` (``torch.save``) stores each stacked tensor once, as views share their
+    storage; loading gives dicts of tensors again.
+    """
+
+    def __init__(self, stacked: dict[str, Tensor]) -> None:
+        sizes = {t.shape[0] for t in stacked.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"stacked tensors must share their leading (client) size, got {sorted(sizes)}")
+        self.stacked = stacked
+        self._len = sizes.pop()
+
+    @classmethod
+    def from_states(cls, states: list[State]) -> "ClientStates":
+        return cls({n: torch.stack([s[n] for s in states]) for n in states[0]})
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._len))]
+        if not -self._len <= k < self._len:
+            raise IndexError(f"client {k} out of range: there are {self._len} clients")
+        return ClientState(self, k % self._len)
+
+    def __setitem__(self, k: int, state: State) -> None:
+        view = self[k]
+        for n, t in state.items():
+            view[n] = t
+
+
+class ClientState(MutableMapping):
+    """Client k's state inside a ``ClientStates``: ``[name]`` is a view of row k, assignment copies into it."""
+
+    def __init__(self, owner: ClientStates, k: int) -> None:
+        self.owner, self.k = owner, k
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.owner.stacked[name][self.k]
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        row = self.owner.stacked[name][self.k]
+        if tuple(value.shape) != tuple(row.shape):
+            raise ValueError(f"client {self.k}: {name} has shape {tuple(value.shape)}, the state holds {tuple(row.shape)}")
+        with torch.no_grad():
+            row.copy_(value)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("a client's state keeps every parameter: it cannot delete one")
+
+    def __iter__(self):
+        return iter(self.owner.stacked)
+
+    def __len__(self) -> int:
+        return len(self.owner.stacked)
+
+    def __repr__(self) -> str:
+        return f"ClientState(client={self.k}, {len(self)} tensors)"
