@@ -107,7 +107,7 @@ from ..config import ExperimentConfig
 from ..models.names import BACKBONE, EXPERT, GATE, HEAD, parse_group
 from .run_folder import RunFolder
 from .ledger import payload_size
-from .transport import SERVER, CommLedger, Payload, Transport, payload_problem, payload_problems
+from .transport import SERVER, CommLedger, Payload, Transfer, Transport, payload_problem, payload_problems
 
 KILL_ENV = "FEDMOE_DA_KILL"
 PARAMETER_KINDS = (BACKBONE, HEAD, GATE, EXPERT)
@@ -331,6 +331,10 @@ class DistributedTransport(Transport):
         if not outcome[0]:
             return None
         return received if self.rank == b else self._placeholder(tensors, outcome)
+
+    def send_many(self, round: int, channel: str, transfers: list[Transfer]) -> list[Payload | None]:
+        """One ``send`` after another: each transfer is its own message between two ranks."""
+        return [self.send(round, t.src, t.dst, channel, t.group, t.tensors, t.expect, t.screen) for t in transfers]
 
     def gather(self, round: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
                expect: dict[str, torch.Size] | None = None, screen=None) -> dict[int, Payload]:
@@ -621,7 +625,8 @@ class _ClientFolder(_Folder):
     def save_checkpoint(self, payload: dict) -> None:
         t = self.transport
         t.where = f"round {payload.get('round')}: sending client states for the checkpoint"
-        mine = {k: s for k, s in enumerate(payload["states"]) if rank_of(k, t.world) == t.rank}
+        mine = {k: {n: v.clone() for n, v in s.items()}       # rows of the stacked states: clones travel alone
+                for k, s in enumerate(payload["states"]) if rank_of(k, t.world) == t.rank}
         t.send_object_to(mine, 0)
 
     def truncate(self, sizes, last_round) -> None:

@@ -32,7 +32,7 @@ from .p2p import ClientRows, fetch_plan, rows_for_client
 from .robust import expert_screen
 from .state import read_group
 from .strategy import Strategy
-from .transport import SERVER
+from .transport import SERVER, Transfer
 
 
 class FedMoEDA(Strategy):
@@ -150,34 +150,56 @@ class FedMoEDA(Strategy):
 
     # ------------------------------------------------------------------ client side: P2P and Eq. 11
     def p2p(self, rnd, participants, states, transport) -> None:
+        """Every participant fetches the remote experts of its rows (one ``send_many``), then Eq. 11 for all of
+        them at once: per layer and expert tensor, one sparse product over every participant's experts as they
+        were after local training (synchronous) and every expert received."""
         if self.config.sync == "refresh" and not self.is_refresh(rnd):
             return
-        present = set(participants)
-        expert_keys = {r.key for g, refs in self.groups.items() if group_kind(g) == EXPERT for r in refs}
-        before = {k: {n: states[k][n].clone() for n in expert_keys} for k in participants}   # synchronous
-        for k in participants:
-            for l, rows in enumerate(self.client_rows.get(k, [])):
-                self._sync_layer(rnd, k, l, rows, present, before, states, transport)
+        synced = [k for k in participants if k in self.client_rows]
+        if not synced:
+            return
+        pos = {k: i for i, k in enumerate(participants)}
+        expert_keys = sorted({r.key for g, refs in self.groups.items() if group_kind(g) == EXPERT for r in refs})
+        before = {n: torch.stack([states[k][n] for k in participants]) for n in expert_keys}   # (K, E, ...)
 
-    def _sync_layer(self, rnd, k, l, rows: ClientRows, present, before, states, transport) -> None:
-        """Fetch client k's remote experts of layer l, then Eq. 11 with absent (or rejected) peers dropped."""
-        received = {}
-        c = self.config.p2p_screen
-        for peer, slot in fetch_plan(rows, k, present):
-            g = expert_group(l, slot)
-            own = read_group(before[k], self.groups[g])                         # k's own expert of that slot
-            screen = None if c is None else (lambda got, own=own: expert_screen(got, own, c))
-            got = transport.send(rnd, peer, k, "p2p", g, read_group(before[peer], self.groups[g]),
-                                 expect=self.shapes[g], screen=screen)
-            if got is not None:
-                received[(peer, slot)] = got
-        sources = rows.sources()                                                # (S,) (peer, slot)
-        usable = torch.tensor([peer == k or (peer, slot) in received for peer, slot in sources])
-        W = drop_absent(rows.weight_matrix(self.E), usable.expand(self.E, -1))    # (E, S) renormalised rows
+        def expert(k: int, l: int, slot: int) -> dict:                    # client k's expert (l, slot), pre-update
+            return {tensor_key(r.key, slot): before[r.key][pos[k]][slot] for r in self.groups[expert_group(l, slot)]}
+
+        c, present, plan = self.config.p2p_screen, set(participants), []
+        for k in synced:
+            for l, rows in enumerate(self.client_rows[k]):
+                for peer, slot in fetch_plan(rows, k, present):
+                    screen = None if c is None else (lambda got, own=expert(k, l, slot): expert_screen(got, own, c))
+                    plan.append(((k, l, peer, slot), Transfer(peer, k, expert_group(l, slot), expert(peer, l, slot),
+                                                             self.shapes[expert_group(l, slot)], screen)))
+        got = transport.send_many(rnd, "p2p", [t for _, t in plan])
+        received = {key: payload for (key, _), payload in zip(plan, got) if payload is not None}
+        for l in range(self.num_layers):
+            self._sync_layer(l, synced, pos, before, received, states)
+
+    def _sync_layer(self, l: int, synced: list[int], pos: dict[int, int], before: dict, received: dict,
+                    states) -> None:
+        """Eq. 11 for layer l of every synced client: W (synced x E, participants x E + received) from each
+        client's rows with absent (or rejected) peers dropped and the row renormalised, times the stacked experts."""
+        K, E = len(pos), self.E
+        extra = [key for key in received if key[0] in synced and key[1] == l]   # (k, l, peer, slot), in order
+        column = {key: K * E + j for j, key in enumerate(extra)}
+        blocks = []
+        for i, k in enumerate(synced):
+            rows = self.client_rows[k][l]
+            sources = rows.sources()                                              # (S,) (peer, slot)
+            cols = [pos[k] * E + slot if peer == k else column.get((k, l, peer, slot), -1) for peer, slot in sources]
+            usable = torch.tensor([col >= 0 for col in cols])
+            W = drop_absent(rows.weight_matrix(E), usable.expand(E, -1))          # (E, S) renormalised rows
+            r, s = W.nonzero(as_tuple=True)
+            blocks.append((r + i * E, torch.tensor(cols, dtype=torch.long)[s], W[r, s]))
+        r, s, w = (torch.cat(parts) for parts in zip(*blocks))
+        W = torch.sparse_coo_tensor(torch.stack([r, s]), w, (len(synced) * E, K * E + len(extra)),
+                                    check_invariants=True).coalesce()
         for ref in self.groups[expert_group(l, 0)]:
-            thetas = torch.stack([                                              # (S, ...) pre-update experts
-                before[k][ref.key][slot] if peer == k
-                else received[(peer, slot)][tensor_key(ref.key, slot)] if (peer, slot) in received
-                else torch.zeros_like(before[k][ref.key][0])
-                for peer, slot in sources])
-            states[k][ref.key] = aggregate_experts(W, thetas)                   # (E, ...)
+            mine = before[ref.key].flatten(0, 1)                                  # (K E, ...) own experts
+            thetas = torch.cat([mine, torch.stack([received[key][tensor_key(ref.key, key[3])] for key in extra])]
+                               if extra else [mine])
+            new = aggregate_experts(W, thetas)                                    # (synced x E, ...)
+            for i, k in enumerate(synced):
+                states[k][ref.key] = new[i * E:(i + 1) * E]

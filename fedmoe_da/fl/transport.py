@@ -26,7 +26,7 @@ them for real and writes the same rows.
 from __future__ import annotations
 
 import math
-from typing import Callable, Hashable, TypeVar
+from typing import Callable, Hashable, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ from torch import Tensor
 from .ledger import CHANNELS, LEDGER_COLUMNS, REJECTION_COLUMNS, CommLedger
 
 __all__ = ["SERVER", "CHANNELS", "LEDGER_COLUMNS", "REJECTION_COLUMNS", "CommLedger", "Payload", "Shapes",
-           "payload_problem", "payload_problems", "Transport", "InProcessTransport"]
+           "payload_problem", "payload_problems", "Transfer", "Transport", "InProcessTransport"]
 
 SERVER = -1
 
@@ -43,6 +43,16 @@ Shapes = dict[str, "torch.Size | tuple[int, ...]"]
 Screen = Callable[[Payload], "str | None"]
 GroupScreen = Callable[[dict[int, Payload]], dict[int, str]]
 K = TypeVar("K", bound=Hashable)
+
+
+class Transfer(NamedTuple):
+    """One payload of a ``send_many`` batch: ``send``'s arguments but the round and channel."""
+    src: int
+    dst: int
+    group: str
+    tensors: Payload
+    expect: Shapes | None = None
+    screen: Screen | None = None
 
 
 # --------------------------------------------------------------------------- validation
@@ -141,6 +151,23 @@ class Transport:
         for src, got in received.items():
             self._log(round, src, dst, channel, group, got, problems[src])
         return {src: got for src, got in received.items() if problems[src] is None}
+
+    def send_many(self, round: int, channel: str, transfers: list[Transfer]) -> list[Payload | None]:
+        """Every transfer of a batch (e.g. a round's P2P fetches); for each, what its dst received or None.
+
+        The same as ``send`` for each transfer in order (same rows, same rejections), with the payloads
+        validated together: one ``payload_problems`` (one finiteness pass) for the whole batch.
+        """
+        received = [self._deliver(t.src, t.dst, t.tensors, t.group) for t in transfers]
+        problems = payload_problems(dict(enumerate(received)), {i: t.expect for i, t in enumerate(transfers)})
+        out: list[Payload | None] = []
+        for i, (t, got) in enumerate(zip(transfers, received)):
+            problem = problems[i]
+            if problem is None and t.screen is not None:
+                problem = t.screen(got)
+            self._log(round, t.src, t.dst, channel, t.group, got, problem)
+            out.append(got if problem is None else None)
+        return out
 
     def _log(self, round, src, dst, channel, group, received: Payload, problem: str | None) -> None:
         self.ledger.record(round, src, dst, channel, group, received, accepted=problem is None)

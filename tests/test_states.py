@@ -1,0 +1,176 @@
+"""Client states stacked for the whole run (``state.ClientStates``) and Eq. 11 over every client at once.
+
+References: a plain list of dicts (what strategies were written against) and a loop over clients and
+pool entries for Eq. 11.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from fedmoe_da import models
+from fedmoe_da.config import ExperimentConfig
+from fedmoe_da.fl import InProcessTransport
+from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
+from fedmoe_da.fl.strategies import make_strategy
+from fedmoe_da.fl.transport import Transfer
+
+N, E = 6, 4
+NUM_TRAIN = [10, 20, 30, 40, 50, 60]
+
+
+def setup(**changes):
+    cfg = ExperimentConfig(num_experts=E, top_k=2, d_model=8, expert_hidden=6, P=3, tau=0.5, I=2, backend="torch",
+                           model="cnn", num_clients=N, progress=False).replace(**changes)
+    torch.manual_seed(0)
+    model = models.build(cfg, (1, 8, 8), 10)
+    return cfg, get_state(model), models.param_groups(model)
+
+
+def random_states(template, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    base = {n: torch.randn(t.shape, generator=g) for n, t in template.items()}
+    return [{n: t + 0.3 * torch.randn(t.shape, generator=g) for n, t in base.items()} for _ in range(N)]
+
+
+def scale_p2p_by_receiver(src, dst, group, payload):
+    """What a receiver gets differs from what the sender holds, by receiver: Eq. 11 must use what arrived."""
+    return {n: t * (1 + 0.1 * dst) for n, t in payload.items()} if group.startswith("expert") else payload
+
+
+# --------------------------------------------------------------------------- the container
+def test_views_write_through_and_assignments_copy():
+    _, template, _ = setup()
+    listed = random_states(template, seed=1)
+    states = ClientStates.from_states(listed)
+    assert len(states) == N and set(states[2]) == set(template)
+    for k in range(N):
+        assert all(torch.equal(states[k][n], listed[k][n]) for n in template)
+    name = next(iter(template))
+    new = torch.full_like(template[name], 7.0)
+    states[3][name] = new
+    new += 1                                                        # the state holds a copy, not the tensor
+    assert torch.equal(states.stacked[name][3], torch.full_like(template[name], 7.0))
+    states[3][name][0] = -1.0                                       # a view: in place reaches the stack
+    assert float(states.stacked[name][3].flatten()[0]) == -1.0
+    states[4] = listed[0]                                           # a whole state copied into row 4
+    assert all(torch.equal(states[4][n], listed[0][n]) for n in template)
+    assert all(torch.equal(states[5][n], listed[5][n]) for n in template), "other rows untouched"
+    assert all(torch.equal(states[-1][n], states[N - 1][n]) for n in template)
+    assert [s.k for s in states[1:3]] == [1, 2]
+
+
+def test_bad_writes_say_what_is_wrong():
+    _, template, _ = setup()
+    states = ClientStates.from_states(random_states(template, seed=1))
+    name = next(iter(template))
+    with pytest.raises(ValueError, match=f"client 1: {name} has shape"):
+        states[1][name] = torch.zeros(3)
+    with pytest.raises(IndexError, match="client 6 out of range: there are 6 clients"):
+        states[N]
+    with pytest.raises(TypeError, match="cannot delete"):
+        del states[0][name]
+    with pytest.raises(ValueError, match="leading"):
+        ClientStates({"a": torch.zeros(2, 3), "b": torch.zeros(3, 3)})
+
+
+def test_group_reads_and_writes_match_a_list_of_dicts():
+    _, template, groups = setup()
+    listed = random_states(template, seed=3)
+    states = ClientStates.from_states(random_states(template, seed=3))
+    other = random_states(template, seed=4)
+    for g, refs in groups.items():
+        write_group(listed[2], refs, read_group(other[1], refs))
+        write_group(states[2], refs, read_group(other[1], refs))
+    for k in range(N):
+        assert all(torch.equal(states[k][n], listed[k][n]) for n in template)
+
+
+def test_a_checkpoint_of_the_views_stores_each_stacked_tensor_once():
+    _, template, _ = setup()
+    states = ClientStates.from_states(random_states(template, seed=5))
+    buf = io.BytesIO()
+    torch.save([dict(s) for s in states], buf)
+    stacked_bytes = sum(t.numel() * t.element_size() for t in states.stacked.values())
+    assert buf.tell() < 1.2 * stacked_bytes + 50_000, "each client's views would otherwise store the whole stack"
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)
+    assert all(torch.equal(back[k][n], states[k][n]) for k in range(N) for n in template)
+
+
+# --------------------------------------------------------------------------- strategies see no difference
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedper", "fedrep", "ditto", "fedmoe_da"])
+def test_every_strategy_communicates_the_same_on_stacked_states(name):
+    cfg, template, groups = setup(strategy=name, participation=0.5)
+    runs = []
+    for container in (list, ClientStates.from_states):
+        listed = random_states(template, seed=6)
+        states = container(listed)
+        strategy = make_strategy(cfg, groups, template, NUM_TRAIN)
+        strategy.start(states)
+        t = InProcessTransport(tamper=scale_p2p_by_receiver)
+        for rnd, participants in ((1, [0, 1, 2, 3, 4, 5]), (2, [1, 2, 4]), (3, [0, 2, 5])):
+            strategy.begin_round(rnd, participants, states, t)
+            for k in participants:                                   # a stand-in for local training
+                states[k] = {n: v * 0.9 + 0.01 * (k + rnd) for n, v in states[k].items()}
+            strategy.communicate(rnd, participants, states, t)
+        runs.append(([{n: s[n].clone() for n in template} for s in states], t.ledger.to_frame()))
+    (a, ledger_a), (b, ledger_b) = runs
+    assert ledger_a.equals(ledger_b)
+    for k in range(N):
+        for n in template:
+            torch.testing.assert_close(a[k][n], b[k][n], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- Eq. 11 over every client at once
+@pytest.mark.parametrize("participants", [[0, 1, 2, 3, 4, 5], [0, 2, 3, 5]])
+def test_eq11_for_all_clients_equals_a_loop_over_clients_and_entries(participants):
+    """Round 1 refreshes A over everyone; round 2 has only ``participants``: absent peers drop out of each row,
+    the row is renormalised, and every remote expert is the one that arrived (scaled by its receiver)."""
+    cfg, template, groups = setup(I=2)
+    states = ClientStates.from_states(random_states(template, seed=7))
+    strategy = make_strategy(cfg, groups, template, NUM_TRAIN)
+    strategy.start(states)
+    t = InProcessTransport(tamper=scale_p2p_by_receiver)
+    strategy.communicate(1, list(range(N)), states, t)
+    before = [{n: states[k][n].clone() for n in template} for k in range(N)]
+    strategy.communicate(2, participants, states, t)
+
+    A, pool = strategy.A[0], strategy.pool[0]
+    expert_keys = sorted({r.key for g, refs in groups.items() if g.startswith("expert[0]") for r in refs})
+    for k in range(N):
+        for key in expert_keys:
+            if k not in participants:
+                assert torch.equal(states[k][key], before[k][key]), "a client that sat out keeps its experts"
+                continue
+            for e in range(E):
+                acc, total = torch.zeros_like(before[k][key][e], dtype=torch.float64), 0.0
+                for j, w in enumerate(A[pool.index(k) * E + e].tolist()):
+                    peer, slot = pool[j // E], j % E
+                    if w == 0 or peer not in participants:
+                        continue
+                    got = before[peer][key][slot].double() * (1 if peer == k else 1 + 0.1 * k)
+                    acc, total = acc + w * got, total + w
+                torch.testing.assert_close(states[k][key][e].double(), acc / total, rtol=1e-5, atol=1e-6)
+    p2p = t.ledger.to_frame().query("channel == 'p2p' and round == 2")
+    assert set(p2p["dst"]) <= set(participants) and set(p2p["src"]) <= set(participants)
+
+
+def test_send_many_is_send_one_after_another():
+    """Same rows, same rejections, same payloads as calling send for each transfer in order."""
+    bad = {"w": torch.tensor([1.0, float("nan")])}
+    good = {"w": torch.tensor([1.0, 2.0])}
+    transfers = [Transfer(0, 1, "expert[0][0]", good, {"w": (2,)}),
+                 Transfer(2, 1, "expert[0][1]", bad, {"w": (2,)}),
+                 Transfer(3, 4, "expert[0][0]", {"w": torch.zeros(3)}, {"w": (2,)}),
+                 Transfer(1, 0, "expert[0][2]", good, {"w": (2,)}, screen=lambda got: "too far"),
+                 Transfer(5, 0, "expert[0][3]", good, None, screen=lambda got: None)]
+    batched, single = InProcessTransport(), InProcessTransport()
+    out = batched.send_many(4, "p2p", transfers)
+    ref = [single.send(4, t.src, t.dst, "p2p", t.group, t.tensors, t.expect, t.screen) for t in transfers]
+    assert [o is None for o in out] == [r is None for r in ref] == [False, True, True, True, False]
+    assert torch.equal(out[0]["w"], good["w"]) and out[0]["w"] is not good["w"]
+    assert batched.ledger.to_frame().equals(single.ledger.to_frame())
+    assert batched.ledger.rejections().equals(single.ledger.rejections())
