@@ -13,6 +13,7 @@ import torch
 from fedmoe_da import models
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport
+from fedmoe_da.fl import fedmoe_da as fedmoe_da_strategy
 from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
 from fedmoe_da.fl.strategies import make_strategy
 from fedmoe_da.fl.transport import Transfer
@@ -125,10 +126,13 @@ def test_every_strategy_communicates_the_same_on_stacked_states(name):
 
 
 # --------------------------------------------------------------------------- Eq. 11 over every client at once
+@pytest.mark.parametrize("chunk", [64, 2])
 @pytest.mark.parametrize("participants", [[0, 1, 2, 3, 4, 5], [0, 2, 3, 5]])
-def test_eq11_for_all_clients_equals_a_loop_over_clients_and_entries(participants):
+def test_eq11_for_all_clients_equals_a_loop_over_clients_and_entries(participants, chunk, monkeypatch):
     """Round 1 refreshes A over everyone; round 2 has only ``participants``: absent peers drop out of each row,
-    the row is renormalised, and every remote expert is the one that arrived (scaled by its receiver)."""
+    the row is renormalised, and every remote expert is the one that arrived (scaled by its receiver). With a
+    chunk of 2 receivers, the fetches and Eq. 11 run in several chunks."""
+    monkeypatch.setattr(fedmoe_da_strategy, "P2P_CHUNK", chunk)
     cfg, template, groups = setup(I=2)
     states = ClientStates.from_states(random_states(template, seed=7))
     strategy = make_strategy(cfg, groups, template, NUM_TRAIN)

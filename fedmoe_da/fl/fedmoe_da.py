@@ -25,6 +25,7 @@ Per MoE layer l, the pool is every (client k, slot e) whose gate the server hold
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, pool_key, tensor_key
 from .aggregation import aggregate_experts, aggregation_matrix, drop_absent, matrix_diagnostics, pool_proxies
@@ -33,6 +34,8 @@ from .robust import expert_screen
 from .state import read_group
 from .strategy import Strategy
 from .transport import SERVER, Transfer
+
+P2P_CHUNK = 64   # receivers whose fetches and Eq. 11 run together: their received experts are what P2P holds
 
 
 class FedMoEDA(Strategy):
@@ -150,9 +153,10 @@ class FedMoEDA(Strategy):
 
     # ------------------------------------------------------------------ client side: P2P and Eq. 11
     def p2p(self, rnd, participants, states, transport) -> None:
-        """Every participant fetches the remote experts of its rows (one ``send_many``), then Eq. 11 for all of
-        them at once: per layer and expert tensor, one sparse product over every participant's experts as they
-        were after local training (synchronous) and every expert received."""
+        """Participants fetch the remote experts of their rows, then Eq. 11, ``P2P_CHUNK`` receivers at a time:
+        one ``send_many`` for the chunk's fetches, then per layer and expert tensor two sparse products, over
+        every participant's own experts as they were after local training (synchronous) and over the experts the
+        chunk received. Memory holds one chunk's received experts, not the round's."""
         if self.config.sync == "refresh" and not self.is_refresh(rnd):
             return
         synced = [k for k in participants if k in self.client_rows]
@@ -165,27 +169,31 @@ class FedMoEDA(Strategy):
         def expert(k: int, l: int, slot: int) -> dict:                    # client k's expert (l, slot), pre-update
             return {tensor_key(r.key, slot): before[r.key][pos[k]][slot] for r in self.groups[expert_group(l, slot)]}
 
-        c, present, plan = self.config.p2p_screen, set(participants), []
-        for k in synced:
-            for l, rows in enumerate(self.client_rows[k]):
-                for peer, slot in fetch_plan(rows, k, present):
-                    screen = None if c is None else (lambda got, own=expert(k, l, slot): expert_screen(got, own, c))
-                    plan.append(((k, l, peer, slot), Transfer(peer, k, expert_group(l, slot), expert(peer, l, slot),
-                                                             self.shapes[expert_group(l, slot)], screen)))
-        got = transport.send_many(rnd, "p2p", [t for _, t in plan])
-        received = {key: payload for (key, _), payload in zip(plan, got) if payload is not None}
-        for l in range(self.num_layers):
-            self._sync_layer(l, synced, pos, before, received, states)
+        c, present = self.config.p2p_screen, set(participants)
+        for start in range(0, len(synced), P2P_CHUNK):
+            chunk, plan = synced[start:start + P2P_CHUNK], []
+            for k in chunk:
+                for l, rows in enumerate(self.client_rows[k]):
+                    for peer, slot in fetch_plan(rows, k, present):
+                        screen = None if c is None else (lambda got, own=expert(k, l, slot): expert_screen(got, own, c))
+                        plan.append(((k, l, peer, slot), Transfer(peer, k, expert_group(l, slot),
+                                                                 expert(peer, l, slot),
+                                                                 self.shapes[expert_group(l, slot)], screen)))
+            got = transport.send_many(rnd, "p2p", [t for _, t in plan])
+            received = {key: payload for (key, _), payload in zip(plan, got) if payload is not None}
+            for l in range(self.num_layers):
+                self._sync_layer(l, chunk, pos, before, received, states)
 
-    def _sync_layer(self, l: int, synced: list[int], pos: dict[int, int], before: dict, received: dict,
+    def _sync_layer(self, l: int, chunk: list[int], pos: dict[int, int], before: dict, received: dict,
                     states) -> None:
-        """Eq. 11 for layer l of every synced client: W (synced x E, participants x E + received) from each
-        client's rows with absent (or rejected) peers dropped and the row renormalised, times the stacked experts."""
+        """Eq. 11 for layer l of the ``chunk``'s clients, from each client's rows with absent (or rejected) peers
+        dropped and the row renormalised: W splits into the columns of the participants' own experts
+        (participants x E) and those of the experts received ((k, l, peer, slot) in ``received``)."""
         K, E = len(pos), self.E
-        extra = [key for key in received if key[0] in synced and key[1] == l]   # (k, l, peer, slot), in order
+        extra = [key for key in received if key[1] == l]                         # (k, l, peer, slot), in order
         column = {key: K * E + j for j, key in enumerate(extra)}
         blocks = []
-        for i, k in enumerate(synced):
+        for i, k in enumerate(chunk):
             rows = self.client_rows[k][l]
             sources = rows.sources()                                              # (S,) (peer, slot)
             cols = [pos[k] * E + slot if peer == k else column.get((k, l, peer, slot), -1) for peer, slot in sources]
@@ -194,12 +202,18 @@ class FedMoEDA(Strategy):
             r, s = W.nonzero(as_tuple=True)
             blocks.append((r + i * E, torch.tensor(cols, dtype=torch.long)[s], W[r, s]))
         r, s, w = (torch.cat(parts) for parts in zip(*blocks))
-        W = torch.sparse_coo_tensor(torch.stack([r, s]), w, (len(synced) * E, K * E + len(extra)),
-                                    check_invariants=True).coalesce()
+        own = s < K * E
+
+        def sparse(keep: Tensor, offset: int, width: int) -> Tensor:
+            return torch.sparse_coo_tensor(torch.stack([r[keep], s[keep] - offset]), w[keep], (len(chunk) * E, width),
+                                           check_invariants=True).coalesce()
+
+        W_own, W_got = sparse(own, 0, K * E), sparse(~own, K * E, len(extra))
         for ref in self.groups[expert_group(l, 0)]:
-            mine = before[ref.key].flatten(0, 1)                                  # (K E, ...) own experts
-            thetas = torch.cat([mine, torch.stack([received[key][tensor_key(ref.key, key[3])] for key in extra])]
-                               if extra else [mine])
-            new = aggregate_experts(W, thetas)                                    # (synced x E, ...)
-            for i, k in enumerate(synced):
+            # Eq. 11, theta_i <- sum_j a_ij theta_j, split by where theta_j is: a participant's own expert or one received
+            new = aggregate_experts(W_own, before[ref.key].flatten(0, 1))        # (chunk x E, ...)
+            if extra:
+                new += aggregate_experts(W_got, torch.stack([received[key][tensor_key(ref.key, key[3])]
+                                                             for key in extra]))
+            for i, k in enumerate(chunk):
                 states[k][ref.key] = new[i * E:(i + 1) * E]
