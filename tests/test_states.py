@@ -142,7 +142,7 @@ def test_eq11_for_all_clients_equals_a_loop_over_clients_and_entries(participant
     before = [{n: states[k][n].clone() for n in template} for k in range(N)]
     strategy.communicate(2, participants, states, t)
 
-    A, pool = strategy.A[0], strategy.pool[0]
+    A, pool = strategy.A[0].to_dense(), strategy.pool[0]
     expert_keys = sorted({r.key for g, refs in groups.items() if g.startswith("expert[0]") for r in refs})
     for k in range(N):
         for key in expert_keys:

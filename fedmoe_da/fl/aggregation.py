@@ -53,8 +53,9 @@ def correlation(proxies: Tensor, rows: slice | None = None) -> Tensor:
     return R
 
 
-def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: float | None = None) -> Tensor:
-    """The row-stochastic (M, M) matrix A of Eq. 8-10 for proxies (M, d).
+def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: float | None = None,
+                       sparse: bool = False) -> Tensor:
+    """The row-stochastic (M, M) matrix A of Eq. 8-10 for proxies (M, d); ``sparse``: as a sparse COO tensor.
 
     Row i puts weight on the expert itself and its P most correlated experts in
     the pool (intra- and inter-client, any slot), softmax-weighted by R / tau.
@@ -66,25 +67,35 @@ def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: flo
     degenerate proxies (e.g. orthogonal or all-zero rows) the (P+1)-th largest
     value is a tie at 0 shared by most of the pool, and Eq. 9 then keeps the
     whole pool: every expert becomes the pool average.
+
+    A row holds about P + 1 non-zeros, so the softmax runs over the selected entries only, and the strategy
+    keeps A sparse (at 1,000 clients x 8 experts a dense A is 256 MB).
     """
     if P < 0 or tau <= 0:
         raise ValueError(f"P={P}, tau={tau} are invalid: need P >= 0 and tau > 0")
     M = proxies.shape[0]
-    if P == 0:
-        return torch.eye(M, dtype=torch.float32)
-    A = torch.empty(M, M, dtype=torch.float32)
+    parts = []
     for rows in row_blocks(M):                                                 # rows are independent
+        if P == 0:                                                             # only the expert itself
+            i = torch.arange(rows.start, rows.stop)
+            parts.append((i, i, torch.ones(len(i), dtype=torch.float32)))
+            continue
         R = correlation(proxies, rows)                                         # Eq. 8, (m, M)
         # Eq. 9: S_i = { j : R_ij >= (P+1)-th largest value of row i } (row i contains i itself)
-        threshold = R.topk(min(P + 1, M), dim=1).values[:, -1:]                # (m, 1)
-        selected = R >= threshold - TIE_TOLERANCE                              # (m, M) bool
+        top = R.topk(min(P + 1, M), dim=1).values                              # (m, P+1), largest first
+        selected = R >= top[:, -1:] - TIE_TOLERANCE                            # (m, M) bool
         if min_correlation is not None:                                        # the guard, see above
             own = torch.arange(rows.start, rows.stop)[:, None] == torch.arange(M)[None, :]
             selected &= (R > min_correlation + TIE_TOLERANCE) | own
         # Eq. 10: a_ij = exp(R_ij / tau) / sum_{l in S_i} exp(R_il / tau), 0 outside S_i
-        logits = (R / tau).masked_fill(~selected, float("-inf"))
-        A[rows] = torch.softmax(logits, dim=1).float()                         # rows sum to 1
-    return A
+        r, c = selected.nonzero(as_tuple=True)                                 # (nnz,) row by row
+        e = torch.exp((R[r, c] - top[r, 0]) / tau)                             # minus the row's max: no overflow
+        total = torch.zeros(R.shape[0], dtype=e.dtype).index_add_(0, r, e)     # (m,) per row
+        parts.append((r + rows.start, c, (e / total[r]).float()))              # rows sum to 1
+    r, c, v = (torch.cat(p) for p in zip(*parts)) if parts else (torch.zeros(0, dtype=torch.long),) * 2 + (
+        torch.zeros(0),)
+    A = torch.sparse_coo_tensor(torch.stack([r, c]), v, (M, M), check_invariants=True).coalesce()
+    return A if sparse else A.to_dense()
 
 
 def aggregate_experts(A: Tensor, thetas: Tensor) -> Tensor:
@@ -155,8 +166,19 @@ def domain_proxies(home_domains: list[int], num_experts: int, num_domains: int) 
 
 
 # --------------------------------------------------------------------------- diagnostics
+def entries(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A dense or sparse (COO) matrix's non-zeros as (rows, cols, values), row by row."""
+    if A.is_sparse:
+        A = A.coalesce()
+        (r, c), v = A.indices(), A.values()
+        keep = v != 0
+        return r[keep], c[keep], v[keep]
+    r, c = A.nonzero(as_tuple=True)
+    return r, c, A[r, c]
+
+
 def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domains: list[int] | None) -> dict:
-    """How domain-aware one layer's A is, over a pool ordered (client, slot).
+    """How domain-aware one layer's A (dense or sparse) is, over a pool ordered (client, slot).
 
     * domain_purity: of each row's inter-client weight, the share that goes to
       clients with the row's home domain, averaged over rows that have any;
@@ -165,32 +187,23 @@ def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domain
     * self_weight: mean a_ii; same_slot_share: of the off-diagonal weight, the
       share on the same slot of other clients; intra_client_share: the share on
       other slots of the same client; nnz_per_row: mean non-zeros per row.
+
+    Per-row sums over A's non-zeros (O(nnz + M), not O(M^2)).
     """
     M = A.shape[0]
     client = torch.tensor(pool).repeat_interleave(num_experts)                  # (M,) client of each pair
     slot = torch.arange(num_experts).repeat(len(pool))                          # (M,)
-    home = (torch.tensor([home_domains[k] for k in pool]).repeat_interleave(num_experts)
-            if home_domains is not None else None)
-    per_row: dict[str, list[Tensor]] = {k: [] for k in ("diag", "off", "same_slot", "intra", "nnz", "inter",
-                                                        "same_home", "chance")}
-    for rows in row_blocks(M):                                                  # per-row sums, a block at a time
-        a = A[rows].double()                                                    # (m, M)
-        c = client[rows, None]
-        eye = torch.arange(rows.start, rows.stop)[:, None] == torch.arange(M)[None, :]
-        same_client = c == client[None, :]                                      # (m, M)
-        off = a.masked_fill(eye, 0.0)
-        inter = a.masked_fill(same_client, 0.0)                                 # inter-client weight
-        per_row["diag"].append(a[eye])
-        per_row["off"].append(off.sum(1))
-        per_row["same_slot"].append((off * ((slot[rows, None] == slot[None, :]) & ~same_client)).sum(1))
-        per_row["intra"].append((off * (same_client & ~eye)).sum(1))
-        per_row["nnz"].append((a > 0).sum(1).double())
-        per_row["inter"].append(inter.sum(1))
-        if home is not None:
-            same_home = (home[rows, None] == home[None, :]) & ~same_client
-            per_row["same_home"].append((inter * same_home).sum(1))
-            per_row["chance"].append(same_home.sum(1).double() / (~same_client).sum(1).double())
-    v = {k: torch.cat(t) if t else None for k, t in per_row.items()}
+    r, c, a = entries(A)
+    a = a.double()
+
+    def per_row(where: Tensor) -> Tensor:                                      # (M,) sum of a over row's entries
+        return torch.zeros(M, dtype=torch.float64).index_add_(0, r[where], a[where])
+
+    same_client, eye = client[r] == client[c], r == c
+    off = ~eye
+    v = {"diag": per_row(eye), "off": per_row(off), "same_slot": per_row((slot[r] == slot[c]) & ~same_client),
+         "intra": per_row(same_client & off), "inter": per_row(~same_client),
+         "nnz": torch.zeros(M, dtype=torch.float64).index_add_(0, r, (a > 0).double())}
     out = {
         "self_weight": float(v["diag"].mean()),
         "same_slot_share": _share(v["same_slot"], v["off"]),
@@ -198,10 +211,14 @@ def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domain
         "nnz_per_row": float(v["nnz"].mean()),
         "domain_purity": float("nan"), "purity_chance": float("nan"),
     }
-    if home is not None and len(pool) > 1:
-        out["domain_purity"] = _share(v["same_home"], v["inter"])
+    if home_domains is not None and len(pool) > 1:
+        home = torch.tensor([home_domains[k] for k in pool]).repeat_interleave(num_experts)   # (M,)
+        out["domain_purity"] = _share(per_row((home[r] == home[c]) & ~same_client), v["inter"])
+        # chance: the other pool clients of the row's home domain over all other pool clients
+        clients_per_home = torch.bincount(torch.tensor([home_domains[k] for k in pool]))
+        chance = (clients_per_home[home] - 1).double() / (len(pool) - 1)        # (M,)
         has = v["inter"] > 0                                                    # the rows purity averages over
-        out["purity_chance"] = float(v["chance"][has].mean()) if bool(has.any()) else float("nan")
+        out["purity_chance"] = float(chance[has].mean()) if bool(has.any()) else float("nan")
     return out
 
 

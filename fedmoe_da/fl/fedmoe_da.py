@@ -94,8 +94,8 @@ class FedMoEDA(Strategy):
             self.pool[l] = pool
             if not pool:
                 continue
-            self.A[l] = aggregation_matrix(self.proxies(l, pool), self.config.P, self.config.tau,  # (M, M)
-                                           self.config.min_correlation)
+            self.A[l] = aggregation_matrix(self.proxies(l, pool), self.config.P, self.config.tau,  # (M, M) sparse
+                                           self.config.min_correlation, sparse=True)
             self._diagnostics.append({"round": rnd, "layer": l, "pool_clients": len(pool),
                                       **matrix_diagnostics(self.A[l], pool, self.E, self.home_domains)})
 
@@ -104,7 +104,8 @@ class FedMoEDA(Strategy):
         return rows
 
     def matrices(self) -> dict[str, torch.Tensor]:
-        """Per layer: the current A, the uploaded gates it came from (M, d) and the pool's clients, in A's row order.
+        """Per layer: the current A (sparse COO), the uploaded gates it came from (M, d) and the pool's clients, in
+        A's row order.
 
         With the gates, a notebook can recompute A for other P, tau or proxies (matrices/ of the run folder).
         """

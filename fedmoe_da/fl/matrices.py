@@ -47,10 +47,23 @@ class SparseMatrix(NamedTuple):
         if dense.ndim != 2:
             raise ValueError(f"a sparse matrix needs a 2-D array, got shape {dense.shape}")
         rows, cols = np.nonzero(dense)                                     # row-major: row by row, left to right
-        counts = np.bincount(rows, minlength=dense.shape[0])               # (rows,) non-zeros per row
+        return cls.from_entries(rows, cols, dense[rows, cols], dense.shape)
+
+    @classmethod
+    def from_torch(cls, A) -> SparseMatrix:
+        """From a torch sparse COO tensor (a FedMoE-DA strategy's A), without making it dense."""
+        A = A.coalesce()
+        (rows, cols), data = A.indices().numpy(), A.values().numpy()
+        keep = data != 0
+        return cls.from_entries(rows[keep], cols[keep], data[keep], A.shape)
+
+    @classmethod
+    def from_entries(cls, rows: np.ndarray, cols: np.ndarray, data: np.ndarray, shape) -> SparseMatrix:
+        """From the non-zeros (rows, cols, data), sorted row by row and left to right within a row."""
+        counts = np.bincount(rows, minlength=shape[0])                     # (rows,) non-zeros per row
         index = np.int32 if len(rows) <= np.iinfo(np.int32).max else np.int64
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index)    # (rows + 1,)
-        return cls(indptr, cols.astype(np.int32), dense[rows, cols], (int(dense.shape[0]), int(dense.shape[1])))
+        return cls(indptr, cols.astype(np.int32), data, (int(shape[0]), int(shape[1])))
 
     def to_dense(self) -> np.ndarray:
         out = np.zeros(self.shape, dtype=self.data.dtype)

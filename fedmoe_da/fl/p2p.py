@@ -47,12 +47,22 @@ class ClientRows:
 
 
 def rows_for_client(A: Tensor, pool_clients: list[int], client: int, num_experts: int, version: int) -> ClientRows:
-    """Client ``client``'s rows of A (M, M) over the pool ``pool_clients`` x slots, non-zeros only."""
+    """Client ``client``'s rows of A (M, M), dense or sparse (coalesced COO), over the pool ``pool_clients`` x
+    slots, non-zeros only, row by row."""
     pos = pool_clients.index(client)
-    block = A[pos * num_experts:(pos + 1) * num_experts]                       # (E, M)
-    row, col = block.nonzero(as_tuple=True)
+    first = pos * num_experts
+    if A.is_sparse:
+        (rows, cols), values = A.indices(), A.values()                        # sorted row by row
+        lo, hi = torch.searchsorted(rows, torch.tensor([first, first + num_experts])).tolist()
+        row, col, weight = rows[lo:hi] - first, cols[lo:hi], values[lo:hi]
+        keep = weight != 0
+        row, col, weight = row[keep], col[keep], weight[keep]
+    else:
+        block = A[first:first + num_experts]                                   # (E, M)
+        row, col = block.nonzero(as_tuple=True)
+        weight = block[row, col]
     peers = torch.tensor(pool_clients, dtype=torch.int64)[col // num_experts]
-    return ClientRows(row, peers, col % num_experts, block[row, col], version)
+    return ClientRows(row, peers, col % num_experts, weight, version)
 
 
 def fetch_plan(rows: ClientRows, client: int, present: set[int]) -> list[tuple[int, int]]:

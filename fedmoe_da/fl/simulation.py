@@ -40,6 +40,7 @@ from ..moe import resolve_backend
 from . import checkpoint
 from .client import Trainer
 from .engine import StackedTrainer
+from .matrices import SparseMatrix
 from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, load_run, matrix_key
 from .state import ClientStates, get_state, is_finite_state
 from .strategies import make_strategy
@@ -187,7 +188,8 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
         new_diag = strategy.diagnostics()
         diagnostics.extend(new_diag)
         if new_diag:   # a refresh: keep this round's A (sparse: matrices.py), gates and pool of every layer
-            matrices.update({matrix_key(rnd, g): A.numpy() for g, A in strategy.matrices().items()})  # type: ignore[attr-defined]
+            matrices.update({matrix_key(rnd, g): SparseMatrix.from_torch(A) if A.is_sparse else A.numpy()
+                             for g, A in strategy.matrices().items()})  # type: ignore[attr-defined]
         if folder:
             folder.append(HISTORY, pd.DataFrame(rows))
             folder.append(LEDGER, transport.ledger.to_frame(written[LEDGER]))   # this round's rows only
