@@ -16,7 +16,7 @@ from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl import fedmoe_da as fedmoe_da_strategy
 from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
 from fedmoe_da.fl.strategies import make_strategy
-from fedmoe_da.fl.transport import Transfer
+from fedmoe_da.fl.transport import Transfer, copy_payloads, finite_sums
 
 N, E = 6, 4
 NUM_TRAIN = [10, 20, 30, 40, 50, 60]
@@ -178,3 +178,29 @@ def test_send_many_is_send_one_after_another():
     assert torch.equal(out[0]["w"], good["w"]) and out[0]["w"] is not good["w"]
     assert batched.ledger.to_frame().equals(single.ledger.to_frame())
     assert batched.ledger.rejections().equals(single.ledger.rejections())
+
+
+def test_finite_checks_of_views_into_one_buffer():
+    """One pass over the buffer the views share; a NaN in a gap no view covers is no one's, one in a view is its."""
+    buf = torch.arange(12.0)
+    views = [buf[0:4], buf[6:10].view(2, 2), buf[10:12], buf[0:12:3]]   # the last is not contiguous
+    buf[5] = float("nan")
+    assert finite_sums(views) == [True, True, True, True]
+    buf[7] = float("inf")
+    assert finite_sums(views) == [True, False, True, True]
+    buf[9] = 1.0
+    buf[3] = float("nan")
+    assert finite_sums(views) == [False, False, True, False]
+
+
+def test_copied_payloads_are_copies_in_one_buffer_per_dtype():
+    a = {"w": torch.randn(3, 2), "b": torch.randn(2)}
+    b = {"w": torch.randn(3, 2), "i": torch.arange(4)}
+    out = copy_payloads([a, b])
+    assert [list(p) for p in out] == [["w", "b"], ["w", "i"]]
+    for p, q in zip([a, b], out):
+        for n in p:
+            assert torch.equal(p[n], q[n]) and q[n].data_ptr() != p[n].data_ptr() and q[n].dtype == p[n].dtype
+    assert out[0]["w"].untyped_storage().data_ptr() == out[1]["w"].untyped_storage().data_ptr()
+    out[0]["w"] += 1
+    assert not torch.equal(out[0]["w"], a["w"]), "a copy, not an alias"

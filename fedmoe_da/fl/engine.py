@@ -11,8 +11,10 @@ pass:
 * **Batches.** Each client keeps its own seed, epochs and mini-batch order
   (drawn exactly as ``Trainer.train`` draws them). Step s takes every client's
   s-th batch; a client's last batch of an epoch is shorter, so batches are
-  padded at the end and masked (the loss, the aux losses and the routing
-  counts see real rows only). Clients are sorted by their number of steps, so
+  padded at the end to the step's fullest batch and masked (the loss, the aux
+  losses and the routing counts see real rows only). A step whose batches are
+  all short (a client with 2 examples, the last batch of an epoch) computes
+  only as many rows as its fullest one. Clients are sorted by their number of steps, so
   the clients still training at step s are a prefix of the chunk and a
   finished client is never touched again.
 * **Loss.** The sum over clients of each client's loss (its mean cross-entropy
@@ -124,8 +126,9 @@ class StackedTrainer(Trainer):
             opt = StackedOptimizer(cfg, {n: P[n] for n in names})
             index, mask = self._schedule(jobs, list(range(epochs)), gens, offsets)
             active = (mask[:, :, 0]).sum(1).tolist()                         # clients still training, per step
+            rows = mask.sum(2).amax(1).tolist()                              # real rows of the fullest batch, per step
             for s, g in enumerate(active):
-                idx, m = index[s, :g].to(dev), mask[s, :g].to(dev)
+                idx, m = index[s, :g, :rows[s]].to(dev), mask[s, :g, :rows[s]].to(dev)   # padding is at the end
                 params = {n: P[n][:g].detach().requires_grad_(n in trained) for n in self.names}   # views of P
                 logits, aux, _ = stacked_forward(self.model, params, X[idx], m)     # (g, B, classes), (g,)
                 ce = F.cross_entropy(logits.flatten(0, 1), Y[idx].flatten(), reduction="none").view(m.shape)

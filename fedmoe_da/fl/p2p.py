@@ -36,13 +36,14 @@ class ClientRows:
 
     def sources(self) -> list[tuple[int, int]]:
         """The distinct (peer, slot) experts these rows use, sorted (the client's own included)."""
-        return sorted({(int(p), int(s)) for p, s in zip(self.peer, self.slot)})
+        return sorted(set(zip(self.peer.tolist(), self.slot.tolist())))
 
     def weight_matrix(self, num_experts: int) -> Tensor:
         """The rows as a dense (E, S) matrix over ``sources()``: entry (e, s) = a_ij."""
         col = {src: c for c, src in enumerate(self.sources())}
         W = torch.zeros(num_experts, len(col))                                    # (E, S)
-        W[self.row, torch.tensor([col[(int(p), int(s))] for p, s in zip(self.peer, self.slot)], dtype=torch.long)] = self.weight
+        W[self.row, torch.tensor([col[src] for src in zip(self.peer.tolist(), self.slot.tolist())],
+                                 dtype=torch.long)] = self.weight
         return W
 
 

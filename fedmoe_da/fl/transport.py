@@ -34,7 +34,7 @@ from torch import Tensor
 from .ledger import CHANNELS, LEDGER_COLUMNS, REJECTION_COLUMNS, CommLedger
 
 __all__ = ["SERVER", "CHANNELS", "LEDGER_COLUMNS", "REJECTION_COLUMNS", "CommLedger", "Payload", "Shapes",
-           "payload_problem", "payload_problems", "Transfer", "Transport", "InProcessTransport"]
+           "payload_problem", "payload_problems", "copy_payloads", "Transfer", "Transport", "InProcessTransport"]
 
 SERVER = -1
 
@@ -69,22 +69,53 @@ def shape_problem(tensors: Payload, expect: Shapes | None) -> str | None:
 
 
 def finite_sums(tensors: list[Tensor]) -> list[bool]:
-    """Whether each tensor's sum is finite: one stacked tensor of sums per device, moved to the host at once.
+    """Whether each tensor is finite, in a few passes: True means it is; False means it may not be (look at it).
 
-    A NaN or Inf anywhere makes the sum NaN or Inf, so True means the tensor is finite; False means it may not
-    be (a sum of huge finite values can overflow): look at that tensor itself.
+    Contiguous tensors that share a storage (the payloads of a batch delivered into one buffer:
+    ``copy_payloads``) are checked with one ``isfinite`` over the part of the buffer they cover; if that finds
+    a NaN or Inf (or the group is a single tensor), each tensor's sum is computed, in one stacked tensor of sums
+    per device moved to the host at once. A NaN or Inf anywhere makes the sum NaN or Inf; a sum of huge finite
+    values can overflow, hence "may not be".
     """
     finite = [True] * len(tensors)
-    by_device: dict[torch.device, list[int]] = {}
+    shared: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    for idx in by_device.values():
-        with torch.no_grad():
+        key = (t.device, t.dtype, t.untyped_storage().data_ptr()) if t.is_contiguous() else (t.device, None, i)
+        shared.setdefault(key, []).append(i)
+    by_device: dict[torch.device, list[int]] = {}
+    with torch.no_grad():
+        for (device, _, _), idx in shared.items():
+            if len(idx) > 1:
+                lo = min(tensors[i].storage_offset() for i in idx)
+                hi = max(tensors[i].storage_offset() + tensors[i].numel() for i in idx)
+                if bool(torch.isfinite(tensors[idx[0]].as_strided((hi - lo,), (1,), lo)).all()):
+                    continue
+            by_device.setdefault(device, []).extend(idx)
+        for idx in by_device.values():
             sums = torch.stack([tensors[i].sum(dtype=torch.float64 if tensors[i].dtype == torch.float64
                                                else torch.float32) for i in idx])   # (len(idx),)
-        for i, s in zip(idx, sums.tolist()):
-            finite[i] = math.isfinite(s)
+            for i, s in zip(idx, sums.tolist()):
+                finite[i] = math.isfinite(s)
     return finite
+
+
+def copy_payloads(payloads: list[Payload]) -> list[Payload]:
+    """Copies of the payloads, made at once: one buffer per dtype and device, each tensor a view into it (the
+    batch is then checked for NaN/Inf in one pass: ``finite_sums``)."""
+    tensors = [t for p in payloads for t in p.values()]
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    copies: list[Tensor] = [None] * len(tensors)  # type: ignore[list-item]
+    with torch.no_grad():
+        for idx in groups.values():
+            flat = torch.cat([tensors[i].detach().reshape(-1) for i in idx])
+            for i, part in zip(idx, flat.split([tensors[i].numel() for i in idx])):
+                copies[i] = part.view(tensors[i].shape)
+    out, it = [], iter(copies)
+    for p in payloads:
+        out.append({name: next(it) for name in p})
+    return out
 
 
 def payload_problems(received: dict[K, Payload], expects: dict[K, Shapes | None]) -> dict[K, str | None]:
@@ -124,6 +155,10 @@ class Transport:
         """Move ``tensors`` (parameter group ``group``) from src to dst; return what dst got."""
         raise NotImplementedError
 
+    def _deliver_many(self, transfers: list[Transfer]) -> list[Payload]:
+        """What each transfer's dst got (``_deliver`` of each, unless a subclass moves a batch at once)."""
+        return [self._deliver(t.src, t.dst, t.tensors, t.group) for t in transfers]
+
     def send(self, round: int, src: int, dst: int, channel: str, group: str, tensors: Payload,
              expect: Shapes | None = None, screen: Screen | None = None) -> Payload | None:
         """Send ``tensors`` from src to dst; return what dst received, or None if dst rejected it.
@@ -144,7 +179,7 @@ class Transport:
         As ``send`` for each sender, then ``screen`` sees every intact payload at once and names the
         senders dst rejects (with reasons). Rows are written in the order of ``sent``.
         """
-        received = {src: self._deliver(src, dst, tensors, group) for src, tensors in sent.items()}
+        received = dict(zip(sent, self._deliver_many([Transfer(src, dst, group, tensors) for src, tensors in sent.items()])))
         problems = payload_problems(received, dict.fromkeys(received, expect))
         if screen is not None:
             problems.update(screen({src: got for src, got in received.items() if problems[src] is None}))
@@ -158,7 +193,7 @@ class Transport:
         The same as ``send`` for each transfer in order (same rows, same rejections), with the payloads
         validated together: one ``payload_problems`` (one finiteness pass) for the whole batch.
         """
-        received = [self._deliver(t.src, t.dst, t.tensors, t.group) for t in transfers]
+        received = self._deliver_many(transfers)
         problems = payload_problems(dict(enumerate(received)), {i: t.expect for i, t in enumerate(transfers)})
         out: list[Payload | None] = []
         for i, (t, got) in enumerate(zip(transfers, received)):
@@ -208,3 +243,10 @@ class InProcessTransport(Transport):
     def _deliver(self, src: int, dst: int, tensors: Payload, group: str) -> Payload:
         out = {name: t.detach().clone() for name, t in tensors.items()}
         return self.tamper(src, dst, group, out) if self.tamper else out
+
+    def _deliver_many(self, transfers: list[Transfer]) -> list[Payload]:
+        """The batch copied at once (``copy_payloads``); ``tamper`` then sees each payload as ``_deliver`` does."""
+        out = copy_payloads([t.tensors for t in transfers])
+        if self.tamper:
+            out = [self.tamper(t.src, t.dst, t.group, got) for t, got in zip(transfers, out)]
+        return out
