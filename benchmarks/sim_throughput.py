@@ -8,7 +8,8 @@ with several engines the runs alternate (A, B, A, B) so that a change in the mac
 The workload is the package's default config (3,200 samples, 1,920 of them for training: the total work
 per round stays the same as clients grow, only the per-client overhead grows), dealt ``iid`` with
 ``min_samples`` 1, the one partition that gives each of 1,000 clients data (1 or 2 training images; the
-domain partition's rounding leaves some of them none); strategy ``fedmoe_da``, one torch thread.
+domain partition's rounding leaves some of them none); strategy ``fedmoe_da``, ``--threads`` torch threads
+(the config's ``threads``; default 1).
 
 Rounds are timed by hooks around the runner, nothing in it changes: the strategy's ``begin_round`` and
 ``communicate`` and the runner's ``evaluate_round`` mark the start of a round, the end of local training,
@@ -22,8 +23,9 @@ the end of communication and the end of evaluation; the RSS is read after every 
   counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward of a batch of the real
   model and data (what the dispatch backend executes, optimizer step not counted), times the samples a round
   trains (participants' training sets x local_epochs);
-* ``matmul_peak_gflops``: the best single-thread fp32 ``torch.mm`` of 512..1024 squares, measured in the
-  same process just before the run; ``pct_of_peak`` = train_gflops / it.
+* ``matmul_peak_gflops``: the best fp32 ``torch.mm`` of 512..1024 squares with the run's ``--threads``,
+  measured in the same process just before the run; ``pct_of_peak`` = train_gflops / it;
+* ``threads``: the torch threads the run had (read inside it), ``cpus_allowed``: the cores it could use.
 
 Writes ``<out>/sim_throughput.csv`` (one row per run), ``<out>/rounds.csv`` (one row per run and round)
 and ``<out>/sim_throughput.json`` (config, machine, load averages, package versions).
@@ -43,7 +45,8 @@ from pathlib import Path
 
 SIZES = (20, 100, 200, 1000)
 WORKLOAD = {"partition": "iid", "min_samples": 1, "progress": False, "threads": 1}
-"""Fields the benchmark sets beyond num_clients, rounds, strategy and engine (why: the module docstring)."""
+"""Fields the benchmark sets beyond num_clients, rounds, strategy and engine (why: the module docstring);
+``--threads`` replaces ``threads``."""
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -55,17 +58,32 @@ def rss_mb(field: str = "VmRSS") -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument exits 2 with one line (no usage block), as check_args does."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def fail(message: str):
+    """Exit 2 (a usage error) with ``message`` as the one line on stderr."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def check_args(args) -> None:
-    """Bad --rounds, --repeats or --engine exit with one line; --engine defaults to the config's default engine
-    (shared with vs_flower.py)."""
+    """Bad --rounds, --repeats, --threads or --engine exit 2 with one line; --engine defaults to the config's
+    default engine (shared with vs_flower.py)."""
     from fedmoe_da.config import ENGINES, ExperimentConfig
 
     if args.rounds < 2 or args.repeats < 1:
-        sys.exit(f"--rounds={args.rounds} --repeats={args.repeats} are invalid: need rounds >= 2, repeats >= 1")
+        fail(f"--rounds={args.rounds} --repeats={args.repeats} are invalid: need rounds >= 2, repeats >= 1")
+    if args.threads < 1:
+        fail(f"--threads={args.threads} is invalid: need an integer >= 1 (torch threads of this package's run)")
     args.engine = args.engine or [ExperimentConfig().engine]
     bad = [e for e in args.engine if e not in ENGINES]
     if bad:
-        sys.exit(f"--engine={bad[0]!r} is invalid: must be one of {', '.join(ENGINES)}")
+        fail(f"--engine={bad[0]!r} is invalid: must be one of {', '.join(ENGINES)}")
 
 
 def make_config(clients: int, rounds: int, strategy: str, engine: str, **fields):
@@ -75,12 +93,12 @@ def make_config(clients: int, rounds: int, strategy: str, engine: str, **fields)
     return ExperimentConfig(num_clients=clients, rounds=rounds, strategy=strategy, engine=engine, **fields).validate()
 
 
-def matmul_peak_gflops(sizes=(512, 768, 1024), repeats: int = 5) -> float:
-    """Best single-thread fp32 torch.mm GFLOP/s over square sizes (2 n^3 flops each)."""
+def matmul_peak_gflops(threads: int = 1, sizes=(512, 768, 1024), repeats: int = 5) -> float:
+    """Best fp32 torch.mm GFLOP/s with ``threads`` torch threads over square sizes (2 n^3 flops each)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         best = 0.0
         for n in sizes:
@@ -170,14 +188,14 @@ class RoundClock:
         return rows
 
 
-def one(clients: int, rounds: int, strategy: str, engine: str) -> dict:
-    """One run in this process: per-round rows and the run's summary."""
+def one(clients: int, rounds: int, strategy: str, engine: str, threads: int = 1) -> dict:
+    """One run in this process with ``threads`` torch threads: per-round rows and the run's summary."""
     import torch
 
     from fedmoe_da.fl import simulation
 
-    config = make_config(clients, rounds, strategy, engine, **WORKLOAD)
-    peak = matmul_peak_gflops()
+    config = make_config(clients, rounds, strategy, engine, **{**WORKLOAD, "threads": threads})
+    peak = matmul_peak_gflops(threads)
     flops = train_flops_per_sample(config)
     clock = RoundClock()
     clock.install(simulation)
@@ -230,37 +248,41 @@ def load_average() -> tuple[float, float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--strategy", default="fedmoe_da")
     ap.add_argument("--engine", nargs="+", default=None,
                     help="engines to run, alternating (default: the config's default engine; 'loop' without the field)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each (size, engine)")
+    ap.add_argument("--threads", type=int, default=WORKLOAD["threads"], help="torch threads of each run (>= 1)")
     ap.add_argument("--out", default="benchmarks/results/sim_throughput")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     check_args(args)
     if args.child:
-        print(json.dumps(one(args.clients[0], args.rounds, args.strategy, args.engine[0])))
+        print(json.dumps(one(args.clients[0], args.rounds, args.strategy, args.engine[0], args.threads)))
         return
 
     import pandas as pd
 
     from fedmoe_da.fl.run_folder import versions
 
+    workload = {**WORKLOAD, "threads": args.threads}
     info = {"machine": machine(), "load_before": load_average(), "versions": versions(),
             "uncommitted": uncommitted(), "args": {k: v for k, v in vars(args).items() if k != "child"},
-            "workload": WORKLOAD, "config": make_config(args.clients[0], args.rounds, args.strategy, args.engine[0],
-                                                        **WORKLOAD).to_dict()}
-    print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, load average {info['load_before']}")
+            "workload": workload, "config": make_config(args.clients[0], args.rounds, args.strategy, args.engine[0],
+                                                        **workload).to_dict()}
+    print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, {args.threads} torch thread(s) per run, "
+          f"load average {info['load_before']}")
     summaries, rounds = [], []
     for n in args.clients:
         for rep in range(args.repeats):
             for engine in args.engine:     # alternating A, B, A, B
                 load = load_average()
                 proc = subprocess.run([sys.executable, __file__, "--child", "--clients", str(n), "--rounds",
-                                       str(args.rounds), "--strategy", args.strategy, "--engine", engine],
+                                       str(args.rounds), "--strategy", args.strategy, "--engine", engine,
+                                       "--threads", str(args.threads)],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.exit(f"{n} clients ({engine}) failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
