@@ -16,7 +16,7 @@ from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl import fedmoe_da as fedmoe_da_strategy
 from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
 from fedmoe_da.fl.strategies import make_strategy
-from fedmoe_da.fl.transport import Transfer, copy_payloads, finite_sums
+from fedmoe_da.fl.transport import Stacked, copy_payloads, finite_sums
 
 N, E = 6, 4
 NUM_TRAIN = [10, 20, 30, 40, 50, 60]
@@ -162,22 +162,42 @@ def test_eq11_for_all_clients_equals_a_loop_over_clients_and_entries(participant
     assert set(p2p["dst"]) <= set(participants) and set(p2p["src"]) <= set(participants)
 
 
-def test_send_many_is_send_one_after_another():
-    """Same rows, same rejections, same payloads as calling send for each transfer in order."""
-    bad = {"w": torch.tensor([1.0, float("nan")])}
-    good = {"w": torch.tensor([1.0, 2.0])}
-    transfers = [Transfer(0, 1, "expert[0][0]", good, {"w": (2,)}),
-                 Transfer(2, 1, "expert[0][1]", bad, {"w": (2,)}),
-                 Transfer(3, 4, "expert[0][0]", {"w": torch.zeros(3)}, {"w": (2,)}),
-                 Transfer(1, 0, "expert[0][2]", good, {"w": (2,)}, screen=lambda got: "too far"),
-                 Transfer(5, 0, "expert[0][3]", good, None, screen=lambda got: None)]
-    batched, single = InProcessTransport(), InProcessTransport()
-    out = batched.send_many(4, "p2p", transfers)
-    ref = [single.send(4, t.src, t.dst, "p2p", t.group, t.tensors, t.expect, t.screen) for t in transfers]
-    assert [o is None for o in out] == [r is None for r in ref] == [False, True, True, True, False]
-    assert torch.equal(out[0]["w"], good["w"]) and out[0]["w"] is not good["w"]
-    assert batched.ledger.to_frame().equals(single.ledger.to_frame())
-    assert batched.ledger.rejections().equals(single.ledger.rejections())
+def test_send_stacked_is_send_one_after_another():
+    """Same rows, rejections and payloads as ``send`` for each row in order: a NaN row, a row a tamper hook
+    reshapes, a row it scales, and a screen (rows 0..5: keys carry the row's slot, as P2P's do)."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(6, 3, 2, generator=g), "b": torch.randn(6, 2, generator=g)}
+    tensors["w"][1, 0, 0] = float("nan")
+    slots = [0, 1, 2, 3, 0, 1]
+    batch = Stacked(src=[1, 2, 3, 4, 5, 1], dst=[0, 0, 2, 2, 3, 3], group=[f"expert[0][{e}]" for e in slots],
+                    tensors=tensors, key=lambda t, n: f"{n}[{slots[t]}]")
+
+    def tamper(src, dst, group, payload):
+        if src == 3:                                                           # row 2: the wrong shape
+            return {n: t[:1] for n, t in payload.items()}
+        if src == 4:                                                           # row 3: scaled in flight
+            return {n: 10 * t for n, t in payload.items()}
+        return payload
+
+    def screen(got, rows):                                                     # rejects a large w
+        return [f"screen: {float(w.abs().max()):.3g}" if float(w.abs().max()) > 5 else None for w in got["w"]]
+
+    stacked, single = InProcessTransport(tamper=tamper), InProcessTransport(tamper=tamper)
+    received, accepted = stacked.send_stacked(7, "p2p", batch, screen)
+    ref = []
+    for t in range(6):
+        payload = {batch.key(t, n): x[t] for n, x in tensors.items()}
+        expect = {batch.key(t, n): x.shape[1:] for n, x in tensors.items()}
+        row_screen = lambda got, t=t: screen({n: got[batch.key(t, n)][None] for n in tensors}, torch.tensor([t]))[0]
+        ref.append(single.send(7, batch.src[t], batch.dst[t], "p2p", batch.group[t], payload, expect, row_screen))
+    assert accepted == [r is not None for r in ref]
+    assert accepted[1] is False and accepted[2] is False and accepted[3] is False, "NaN, shape, screen"
+    for t, r in enumerate(ref):
+        if r is not None:
+            assert all(torch.equal(received[n][t], r[batch.key(t, n)]) for n in tensors)
+    assert stacked.ledger.to_frame().equals(single.ledger.to_frame())
+    assert stacked.ledger.rejections().equals(single.ledger.rejections())
+    assert set(stacked.ledger.rejections()["reason"].str.split().str[0]) == {"w[1]", "w[2]", "screen:"}
 
 
 def test_finite_checks_of_views_into_one_buffer():

@@ -107,7 +107,7 @@ from ..config import ExperimentConfig
 from ..models.names import BACKBONE, EXPERT, GATE, HEAD, parse_group
 from .run_folder import RunFolder
 from .ledger import payload_size
-from .transport import SERVER, CommLedger, Payload, Transfer, Transport, payload_problem, payload_problems
+from .transport import SERVER, CommLedger, Payload, Stacked, Transport, payload_problem, payload_problems
 
 KILL_ENV = "FEDMOE_DA_KILL"
 PARAMETER_KINDS = (BACKBONE, HEAD, GATE, EXPERT)
@@ -332,9 +332,22 @@ class DistributedTransport(Transport):
             return None
         return received if self.rank == b else self._placeholder(tensors, outcome)
 
-    def send_many(self, round: int, channel: str, transfers: list[Transfer]) -> list[Payload | None]:
-        """One ``send`` after another: each transfer is its own message between two ranks."""
-        return [self.send(round, t.src, t.dst, channel, t.group, t.tensors, t.expect, t.screen) for t in transfers]
+    def send_stacked(self, round: int, channel: str, batch: Stacked, screen=None) -> tuple[dict, list[bool]]:
+        """One ``send`` per row: each transfer is its own message between two ranks (same rows, same order)."""
+        received = {n: torch.zeros_like(x) for n, x in batch.tensors.items()}
+        accepted = []
+        for t in range(len(batch.src)):
+            keys = {batch.key(t, n): n for n in batch.tensors}
+            row_screen = None if screen is None else (
+                lambda got, t=t, keys=keys: screen({n: got[k][None] for k, n in keys.items()}, torch.tensor([t]))[0])
+            got = self.send(round, batch.src[t], batch.dst[t], channel, batch.group[t],
+                            {k: batch.tensors[n][t] for k, n in keys.items()},
+                            {k: batch.tensors[n].shape[1:] for k, n in keys.items()}, row_screen)
+            if got is not None:
+                for k, n in keys.items():
+                    received[n][t] = got[k]
+            accepted.append(got is not None)
+        return received, accepted
 
     def gather(self, round: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
                expect: dict[str, torch.Size] | None = None, screen=None) -> dict[int, Payload]:

@@ -30,10 +30,10 @@ from torch import Tensor
 from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, pool_key, tensor_key
 from .aggregation import aggregate_experts, aggregation_matrix, drop_absent, matrix_diagnostics, pool_proxies
 from .p2p import ClientRows, fetch_plan, rows_for_client
-from .robust import expert_screen
+from .robust import expert_screens
 from .state import read_group
 from .strategy import Strategy
-from .transport import SERVER, Transfer
+from .transport import SERVER, Stacked
 
 P2P_CHUNK = 64   # receivers whose fetches and Eq. 11 run together: their received experts are what P2P holds
 
@@ -154,10 +154,13 @@ class FedMoEDA(Strategy):
 
     # ------------------------------------------------------------------ client side: P2P and Eq. 11
     def p2p(self, rnd, participants, states, transport) -> None:
-        """Participants fetch the remote experts of their rows, then Eq. 11, ``P2P_CHUNK`` receivers at a time:
-        one ``send_many`` for the chunk's fetches, then per layer and expert tensor two sparse products, over
-        every participant's own experts as they were after local training (synchronous) and over the experts the
-        chunk received. Memory holds one chunk's received experts, not the round's."""
+        """Participants fetch the remote experts of their rows, then Eq. 11, ``P2P_CHUNK`` receivers at a time.
+
+        Per chunk and layer: one stacked send of every expert the chunk's clients fetch (row t: the t-th fetch,
+        in client order), then Eq. 11 for those clients as two sparse products, over every participant's own
+        experts as they were after local training (synchronous) and over the experts that arrived. Memory holds
+        one chunk's received experts, not the round's.
+        """
         if self.config.sync == "refresh" and not self.is_refresh(rnd):
             return
         synced = [k for k in participants if k in self.client_rows]
@@ -166,38 +169,43 @@ class FedMoEDA(Strategy):
         pos = {k: i for i, k in enumerate(participants)}
         expert_keys = sorted({r.key for g, refs in self.groups.items() if group_kind(g) == EXPERT for r in refs})
         before = {n: torch.stack([states[k][n] for k in participants]) for n in expert_keys}   # (K, E, ...)
-
-        def expert(k: int, l: int, slot: int) -> dict:                    # client k's expert (l, slot), pre-update
-            return {tensor_key(r.key, slot): before[r.key][pos[k]][slot] for r in self.groups[expert_group(l, slot)]}
-
-        c, present = self.config.p2p_screen, set(participants)
+        present = set(participants)
         for start in range(0, len(synced), P2P_CHUNK):
-            chunk, plan = synced[start:start + P2P_CHUNK], []
-            for k in chunk:
-                for l, rows in enumerate(self.client_rows[k]):
-                    for peer, slot in fetch_plan(rows, k, present):
-                        screen = None if c is None else (lambda got, own=expert(k, l, slot): expert_screen(got, own, c))
-                        plan.append(((k, l, peer, slot), Transfer(peer, k, expert_group(l, slot),
-                                                                 expert(peer, l, slot),
-                                                                 self.shapes[expert_group(l, slot)], screen)))
-            got = transport.send_many(rnd, "p2p", [t for _, t in plan])
-            received = {key: payload for (key, _), payload in zip(plan, got) if payload is not None}
+            chunk = synced[start:start + P2P_CHUNK]
             for l in range(self.num_layers):
-                self._sync_layer(l, chunk, pos, before, received, states)
+                fetches = [(k, peer, slot) for k in chunk for peer, slot in fetch_plan(self.client_rows[k][l], k, present)]
+                received, accepted = self._fetch(rnd, l, fetches, pos, before, transport)
+                got = {f: t for t, f in enumerate(fetches) if accepted[t]}    # (k, peer, slot) -> row of received
+                self._sync_layer(l, chunk, pos, before, received, got, states)
+
+    def _fetch(self, rnd, l: int, fetches: list[tuple[int, int, int]], pos, before, transport):
+        """Every fetch (k, peer, slot) of layer l as one stacked send: peer's expert (l, slot) to k."""
+        keys = [r.key for r in self.groups[expert_group(l, 0)]]
+        if not fetches:
+            return {n: before[n][:0, 0] for n in keys}, []
+        k, peer, slot = (torch.tensor(v) for v in zip(*fetches))
+        peer_pos, k_pos = (torch.tensor([pos[int(c)] for c in v]) for v in (peer, k))
+        slots = slot.tolist()
+        batch = Stacked(peer.tolist(), k.tolist(), [expert_group(l, e) for e in slots],
+                        {n: before[n][peer_pos, slot] for n in keys}, key=lambda t, n: tensor_key(n, slots[t]))
+        c = self.config.p2p_screen
+        screen = None if c is None else (                                     # against k's own expert of that slot
+            lambda got, rows: expert_screens(got, {n: before[n][k_pos[rows], slot[rows]] for n in keys}, c))
+        return transport.send_stacked(rnd, "p2p", batch, screen)
 
     def _sync_layer(self, l: int, chunk: list[int], pos: dict[int, int], before: dict, received: dict,
-                    states) -> None:
+                    got: dict, states) -> None:
         """Eq. 11 for layer l of the ``chunk``'s clients, from each client's rows with absent (or rejected) peers
         dropped and the row renormalised: W splits into the columns of the participants' own experts
-        (participants x E) and those of the experts received ((k, l, peer, slot) in ``received``)."""
+        (participants x E) and those of the experts received (row ``got[(k, peer, slot)]`` of ``received``)."""
         K, E = len(pos), self.E
-        extra = [key for key in received if key[1] == l]                         # (k, l, peer, slot), in order
-        column = {key: K * E + j for j, key in enumerate(extra)}
+        T = next(iter(received.values())).shape[0]
         blocks = []
         for i, k in enumerate(chunk):
             rows = self.client_rows[k][l]
             sources = rows.sources()                                              # (S,) (peer, slot)
-            cols = [pos[k] * E + slot if peer == k else column.get((k, l, peer, slot), -1) for peer, slot in sources]
+            cols = [pos[k] * E + slot if peer == k else K * E + got[(k, peer, slot)] if (k, peer, slot) in got
+                    else -1 for peer, slot in sources]                            # -1: absent or rejected
             usable = torch.tensor([col >= 0 for col in cols])
             W = drop_absent(rows.weight_matrix(E), usable.expand(E, -1))          # (E, S) renormalised rows
             r, s = W.nonzero(as_tuple=True)
@@ -209,12 +217,11 @@ class FedMoEDA(Strategy):
             return torch.sparse_coo_tensor(torch.stack([r[keep], s[keep] - offset]), w[keep], (len(chunk) * E, width),
                                            check_invariants=True).coalesce()
 
-        W_own, W_got = sparse(own, 0, K * E), sparse(~own, K * E, len(extra))
+        W_own, W_got = sparse(own, 0, K * E), sparse(~own, K * E, T)
         for ref in self.groups[expert_group(l, 0)]:
             # Eq. 11, theta_i <- sum_j a_ij theta_j, split by where theta_j is: a participant's own expert or one received
             new = aggregate_experts(W_own, before[ref.key].flatten(0, 1))        # (chunk x E, ...)
-            if extra:
-                new += aggregate_experts(W_got, torch.stack([received[key][tensor_key(ref.key, key[3])]
-                                                             for key in extra]))
+            if T:
+                new += aggregate_experts(W_got, received[ref.key])
             for i, k in enumerate(chunk):
                 states[k][ref.key] = new[i * E:(i + 1) * E]

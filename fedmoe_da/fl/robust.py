@@ -62,14 +62,25 @@ def flatten(payload: Payload) -> Tensor:
 def expert_screen(received: Payload, own: Payload, c: float, eps: float = EPS) -> str | None:
     """Why a peer's expert is implausible next to the receiver's own expert of that slot, or None.
 
-    Rejected if ||received - own|| > c * max(||own||, eps), norms over the whole expert.
+    Rejected if ||received - own|| > c * max(||own||, eps), norms over the whole expert (``expert_screens``
+    of one row).
     """
-    own_flat = flatten(own)
-    dist = float((flatten(received) - own_flat).norm())
-    bound = c * max(float(own_flat.norm()), eps)
-    if dist > bound:
-        return f"p2p screen: ||theta - theta_own|| = {dist:.4g} > {c:g} x ||theta_own|| = {bound:.4g}"
-    return None
+    return expert_screens({n: t[None] for n, t in received.items()}, {n: t[None] for n, t in own.items()}, c, eps)[0]
+
+
+def expert_screens(received: Payload, own: Payload, c: float, eps: float = EPS) -> list[str | None]:
+    """``expert_screen`` of many experts at once: ``received`` and ``own`` map the same names to (R, ...) stacks;
+    row r is judged against own row r (in float64, as ``flatten``)."""
+    names = sorted(own)
+    own_flat = torch.cat([own[n].flatten(1).double() for n in names], 1)                            # (R, D)
+    dist = torch.linalg.vector_norm(torch.cat([received[n].flatten(1).double() for n in names], 1) - own_flat, dim=1)
+    norm = torch.linalg.vector_norm(own_flat, dim=1)
+    out: list[str | None] = []
+    for d, o in zip(dist.tolist(), norm.tolist()):
+        bound = c * max(o, eps)
+        out.append(f"p2p screen: ||theta - theta_own|| = {d:.4g} > {c:g} x ||theta_own|| = {bound:.4g}"
+                   if d > bound else None)
+    return out
 
 
 def upload_outliers(payloads: dict[int, Payload], c: float) -> dict[int, str]:

@@ -31,10 +31,10 @@ from typing import Callable, Hashable, NamedTuple, TypeVar
 import torch
 from torch import Tensor
 
-from .ledger import CHANNELS, LEDGER_COLUMNS, REJECTION_COLUMNS, CommLedger
+from .ledger import CHANNELS, LEDGER_COLUMNS, REJECTION_COLUMNS, CommLedger, payload_size
 
 __all__ = ["SERVER", "CHANNELS", "LEDGER_COLUMNS", "REJECTION_COLUMNS", "CommLedger", "Payload", "Shapes",
-           "payload_problem", "payload_problems", "copy_payloads", "Transfer", "Transport", "InProcessTransport"]
+           "payload_problem", "payload_problems", "copy_payloads", "Stacked", "Transfer", "Transport", "InProcessTransport"]
 
 SERVER = -1
 
@@ -46,13 +46,27 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Transfer(NamedTuple):
-    """One payload of a ``send_many`` batch: ``send``'s arguments but the round and channel."""
+    """One payload of a batch delivered at once (``gather``'s uploads)."""
     src: int
     dst: int
     group: str
     tensors: Payload
-    expect: Shapes | None = None
-    screen: Screen | None = None
+
+
+def same_name(t: int, name: str) -> str:
+    return name
+
+
+class Stacked(NamedTuple):
+    """Many transfers of the same tensors at once (``send_stacked``): transfer t sends row t of every tensor."""
+    src: list[int]
+    dst: list[int]
+    group: list[str]
+    tensors: dict[str, Tensor]                       # name -> (T, ...)
+    key: Callable[[int, str], str] = same_name       # transfer t's payload key of a tensor (e.g. with its slot)
+
+
+RowScreen = Callable[[dict[str, Tensor], Tensor], list]
 
 
 # --------------------------------------------------------------------------- validation
@@ -190,22 +204,53 @@ class Transport:
             self._log(round, src, dst, channel, group, got, problems[src])
         return {src: got for src, got in received.items() if problems[src] is None}
 
-    def send_many(self, round: int, channel: str, transfers: list[Transfer]) -> list[Payload | None]:
-        """Every transfer of a batch (e.g. a round's P2P fetches); for each, what its dst received or None.
+    def send_stacked(self, round: int, channel: str, batch: Stacked,
+                     screen: RowScreen | None = None) -> tuple[dict[str, Tensor], list[bool]]:
+        """``send`` of every transfer of a stacked batch (a round's P2P fetches of one layer), at stack speed.
 
-        The same as ``send`` for each transfer in order (same rows, same rejections), with the payloads
-        validated together: one ``payload_problems`` (one finiteness pass) for the whole batch.
+        Transfer t sends row t of each of ``batch.tensors`` (name -> (T, ...)) from ``src[t]`` to ``dst[t]`` as
+        group ``group[t]``, its tensors keyed ``batch.key(t, name)``, and is judged as ``send`` judges it:
+        shapes, then NaN/Inf (one sum per tensor and row), then ``screen(received_rows, rows)``, which gives
+        the reasons (or None) for the batch rows ``rows`` (R,) whose received tensors are ``received_rows``
+        (name -> (R, ...)). Same ledger rows and rejections, in the batch's order, as ``send`` one after another.
+        Returns what arrived (name -> (T, ...); the rows of rejected transfers hold anything) and which were
+        accepted.
         """
-        received = self._deliver_many(transfers)
-        problems = payload_problems(dict(enumerate(received)), {i: t.expect for i, t in enumerate(transfers)})
-        out: list[Payload | None] = []
-        for i, (t, got) in enumerate(zip(transfers, received)):
-            problem = problems[i]
-            if problem is None and t.screen is not None:
-                problem = t.screen(got)
-            self._log(round, t.src, t.dst, channel, t.group, got, problem)
-            out.append(got if problem is None else None)
-        return out
+        T = len(batch.src)
+        received, odd = self._deliver_stacked(batch)
+        expect = {n: t.shape[1:] for n, t in batch.tensors.items()}
+        problems: list[str | None] = [None] * T
+        for t, payload in odd.items():                                    # a row that no longer fits the stack
+            problems[t] = shape_problem(payload, {batch.key(t, n): s for n, s in expect.items()})
+        rows_ok = torch.ones(T, dtype=torch.bool)
+        with torch.no_grad():
+            for n, x in received.items():
+                if x.is_floating_point() and T:
+                    rows_ok &= torch.isfinite(x.flatten(1).sum(1, dtype=torch.float64 if x.dtype == torch.float64
+                                                                 else torch.float32)).cpu()
+        for t in (~rows_ok).nonzero().flatten().tolist():                 # may hold a NaN/Inf: look at the row
+            if problems[t] is None:
+                bad = next((n for n, x in received.items() if x.is_floating_point()
+                            and not bool(torch.isfinite(x[t]).all())), None)
+                if bad is not None:
+                    problems[t] = f"{batch.key(t, bad)} contains NaN or Inf"
+        if screen is not None:
+            rows = [t for t in range(T) if problems[t] is None]
+            if rows:
+                index = torch.tensor(rows)
+                for t, reason in zip(rows, screen({n: x[index] for n, x in received.items()}, index)):
+                    problems[t] = reason
+        uniform = payload_size({n: x[0] for n, x in received.items()}) if T else (0, 0)   # sizes from shapes
+        for t in range(T):
+            size = payload_size(odd[t]) if t in odd else uniform
+            self.ledger.add(round, batch.src[t], batch.dst[t], channel, batch.group[t], *size, problems[t] is None)
+            if problems[t] is not None:
+                self.ledger.reject(round, batch.src[t], batch.dst[t], channel, batch.group[t], problems[t])
+        return received, [p is None for p in problems]
+
+    def _deliver_stacked(self, batch: Stacked) -> tuple[dict[str, Tensor], dict[int, Payload]]:
+        """What arrived of a stacked batch, and the rows that arrived in another shape (row -> payload)."""
+        raise NotImplementedError
 
     def _log(self, round, src, dst, channel, group, received: Payload, problem: str | None) -> None:
         self.ledger.record(round, src, dst, channel, group, received, accepted=problem is None)
@@ -253,3 +298,21 @@ class InProcessTransport(Transport):
         if self.tamper:
             out = [self.tamper(t.src, t.dst, t.group, got) for t, got in zip(transfers, out)]
         return out
+
+    def _deliver_stacked(self, batch: Stacked) -> tuple[dict[str, Tensor], dict[int, Payload]]:
+        """One copy per stacked tensor; ``tamper`` sees each row as the payload ``_deliver`` would hand it. A row
+        it returns with the same names and shapes goes back into the stack, any other stays apart (``odd``)."""
+        out = {n: t.detach().clone() for n, t in batch.tensors.items()}
+        odd: dict[int, Payload] = {}
+        if self.tamper:
+            for t in range(len(batch.src)):
+                keys = {batch.key(t, n): n for n in out}
+                views = {k: out[n][t] for k, n in keys.items()}                # changed in place: changed in the stack
+                got = self.tamper(batch.src[t], batch.dst[t], batch.group[t], dict(views))
+                if set(got) == set(keys) and all(got[k].shape == out[n].shape[1:] for k, n in keys.items()):
+                    for k, n in keys.items():
+                        if got[k] is not views[k]:
+                            out[n][t] = got[k]
+                else:
+                    odd[t] = got
+        return out, odd
