@@ -13,11 +13,14 @@ domain partition's rounding leaves some of them none); strategy ``fedmoe_da``, `
 
 Rounds are timed by hooks around the runner, nothing in it changes: the strategy's ``begin_round`` and
 ``communicate`` and the runner's ``evaluate_round`` mark the start of a round, the end of local training,
-the end of communication and the end of evaluation; the RSS is read after every round. Reported per run
-(medians over rounds 2..R; round 1 is also given):
+the end of communication and the end of evaluation; the RSS is read after evaluation (``rss_mb``) and at the
+end of the round (``rss_end_mb``), after the runner's ``release_freed_memory`` (glibc's ``malloc_trim``), which
+is what the process holds between rounds. Reported per run (medians over rounds 2..R; round 1 is also given):
 
 * ``s_per_round`` (whole round), ``train_s``, ``comm_s``, ``eval_s``;
-* ``rss_growth_pct``: RSS after the last round over RSS after round 2;  ``peak_rss_mb``: the process's peak
+* ``rss_growth_pct``: RSS at the end of the last round over RSS at the end of round 2 (``rss_growth_before_trim_pct``:
+  the same after evaluation, before the trim: it also counts freed memory glibc still holds, and swings by
+  +-5% from round to round);  ``peak_rss_mb``: the process's peak
   (rounds.csv has the peak so far at the end of each phase, so the phase that set it shows);
 * ``train_gflops``: training FLOPs per round / training seconds per round. FLOPs per training sample are
   counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward of a batch of the real
@@ -131,7 +134,7 @@ def train_flops_per_sample(config) -> float:
 
 
 class RoundClock:
-    """Wraps the runner's hooks to time each round's phases and read the RSS after it."""
+    """Wraps the runner's hooks to time each round's phases and read the RSS after evaluation and at its end."""
 
     def __init__(self) -> None:
         self.marks: list[dict] = []            # per round: begin, trained, communicated, evaluated, rss_mb
@@ -168,21 +171,29 @@ class RoundClock:
             clock.threads = torch.get_num_threads()
             return out
 
+        release = simulation.release_freed_memory
+
+        def end_of_round():                                   # the runner's last step of a round (malloc_trim)
+            release()
+            clock.marks[-1].update(rss_end_mb=rss_mb())
+
         simulation.make_strategy, simulation.evaluate_round = timed_strategy, timed_eval
+        simulation.release_freed_memory = end_of_round
 
     def rounds(self) -> list[dict]:
         """Per round: seconds (end of eval to end of eval; round 1 from its begin), train_s, comm_s, eval_s, rss_mb
         (after the round), and the process's peak RSS so far at each phase's end (which phase raised it)."""
         rows, last = [], None
         for m in self.marks:
-            missing = {"trained", "communicated", "evaluated"} - set(m)
+            missing = {"trained", "communicated", "evaluated", "rss_end_mb"} - set(m)
             if missing:
                 raise RuntimeError(f"round {m['round']}: the runner never reached {sorted(missing)}: "
                                    "the hooks no longer match simulation.py")
             start = m["begin"] if last is None else last
             rows.append({"round": m["round"], "seconds": m["evaluated"] - start, "train_s": m["trained"] - m["begin"],
                          "comm_s": m["communicated"] - m["trained"], "eval_s": m["evaluated"] - m["communicated"],
-                         "rss_mb": m["rss_mb"], **{k: m[k] for k in ("peak_before_mb", "peak_trained_mb",
+                         "rss_mb": m["rss_mb"], "rss_end_mb": m["rss_end_mb"],
+                         **{k: m[k] for k in ("peak_before_mb", "peak_trained_mb",
                                                                       "peak_communicated_mb", "peak_evaluated_mb")}})
             last = m["evaluated"]
         return rows
@@ -207,12 +218,15 @@ def one(clients: int, rounds: int, strategy: str, engine: str, threads: int = 1)
     med = {k: statistics.median(r[k] for r in steady) for k in ("seconds", "train_s", "comm_s", "eval_s")}
     samples = statistics.median(clock.samples_per_round)
     gflops = flops * samples / med["train_s"] / 1e9
-    rss2, rss_last = per_round[min(1, len(per_round) - 1)]["rss_mb"], per_round[-1]["rss_mb"]
+    second = per_round[min(1, len(per_round) - 1)]
+    rss2, rss_last = second["rss_end_mb"], per_round[-1]["rss_end_mb"]
+    evaluated2, evaluated_last = second["rss_mb"], per_round[-1]["rss_mb"]
     summary = {
         "clients": clients, "engine": engine, "rounds": rounds, "strategy": strategy,
         "s_per_round": med["seconds"], "train_s": med["train_s"], "comm_s": med["comm_s"], "eval_s": med["eval_s"],
         "first_round_s": per_round[0]["seconds"], "setup_s": total - sum(r["seconds"] for r in per_round),
         "rss_round2_mb": rss2, "rss_last_mb": rss_last, "rss_growth_pct": 100 * (rss_last - rss2) / rss2,
+        "rss_growth_before_trim_pct": 100 * (evaluated_last - evaluated2) / evaluated2,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "train_samples_per_round": samples, "train_mflop_per_sample": flops / 1e6, "train_gflops": gflops,
         "matmul_peak_gflops": peak, "pct_of_peak": 100 * gflops / peak,
@@ -293,7 +307,8 @@ def main() -> None:
                 print(f"{n:5d} clients {engine:>8s}: {row['s_per_round']:.3f} s/round (train {row['train_s']:.3f}, "
                       f"comm {row['comm_s']:.3f}, eval {row['eval_s']:.3f}; round 1 {row['first_round_s']:.2f} s), "
                       f"RSS round 2 {row['rss_round2_mb']:.0f} MB -> round {args.rounds} {row['rss_last_mb']:.0f} MB "
-                      f"({row['rss_growth_pct']:+.2f}%), peak {row['peak_rss_mb']:.0f} MB, "
+                      f"({row['rss_growth_pct']:+.2f}%; after evaluation, before the trim: "
+                      f"{row['rss_growth_before_trim_pct']:+.2f}%), peak {row['peak_rss_mb']:.0f} MB, "
                       f"training {row['train_gflops']:.2f} GFLOP/s = {row['pct_of_peak']:.0f}% of the "
                       f"{row['matmul_peak_gflops']:.1f} GFLOP/s matmul peak, {row['threads']} thread(s), "
                       f"load {load[0]:.2f}", flush=True)
