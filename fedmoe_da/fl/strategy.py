@@ -27,7 +27,9 @@ answered; FedMoE-DA's peers treat it as absent (rows renormalised). Like any
 participant that missed an aggregate, it gets the latest one at the start of
 its next round. A late message is the same as a dropped one.
 
-Client states are plain dicts of tensors (``state.py``); the server keeps
+A client's state is a dict of tensors, or the runner's dict-like view of its
+row in the stacked states (``state.ClientStates``): strategies read and write
+``states[k][name]`` either way. The server keeps
 ``server_state``, the latest aggregate of every server group, and the
 version each client holds.
 """
