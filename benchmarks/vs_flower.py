@@ -3,6 +3,7 @@
     python3 -m venv .venv-flower && .venv-flower/bin/pip install torch==2.13.0 && .venv-flower/bin/pip install -e ".[flower]"
     .venv-flower/bin/python benchmarks/vs_flower.py                           # 20 and 100 clients, 5 rounds, 2 repeats
     .venv-flower/bin/python benchmarks/vs_flower.py --clients 20 --rounds 3 --repeats 1 --engine stacked loop
+    .venv-flower/bin/python benchmarks/vs_flower.py --threads 2 --out /tmp/vs_flower_t2   # this package on 2 threads
 
 The workload is one and the same on both sides: the package's default config with strategy ``fedavg``
 (its model, data, partition, Adam, batch order and local epochs), FedAvg weighted by training-set size,
@@ -10,11 +11,16 @@ no evaluation. Flower's side runs Flower's own simulation engine (``flwr.simulat
 backend, the Message API's ``ServerApp`` with ``flwr.serverapp.strategy.FedAvg(fraction_evaluate=0)``); its
 ``ClientApp`` trains client ``partition-id`` with this package's ``Trainer`` on that client's data, from the
 round's global model, with the same batch-order seed as the simulator. The two global models are compared
-after round 1 (only the order of the floating-point sums differs: about 1e-8) and after the last round
-(Adam's normalised steps amplify those rounding differences, to about 1e-3 after a few rounds).
+after round 1 (only the order of the floating-point sums differs: about 1e-8 with the ``loop`` engine; the
+``stacked`` engine's batched products round differently and Adam's normalised steps amplify that within the
+round: about 1e-5 at 20 clients, 3e-2 at 4 clients, whose clients take 5x the steps) and after the last round
+(amplified further, to about 1e-3 after a few rounds).
 
-Same core budget: both sides are pinned to ``--cores`` (default 0,1) with ``taskset``, one torch thread per
-process; Flower gets one CPU per client actor (so as many actors as cores), this package one process.
+Same core budget: both sides are pinned to ``--cores`` (default 0,1) with ``taskset``. Flower gets one CPU
+per client actor (so as many actors as cores), one torch thread each; this package runs one process with
+``--threads`` torch threads (the config's ``threads``; default 1, so by default it uses one of the cores:
+``--threads 2`` lets it use both, as Flower's two actors do). The rows record ``threads`` (torch threads per
+process, read inside this package's run) and ``processes`` (1, or Flower's actors).
 Runs alternate (package, Flower, package, Flower, ...; with several engines, each engine in turn), each in a
 fresh subprocess. Timing:
 
@@ -44,25 +50,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sim_throughput import RoundClock, check_args, load_average, machine, make_config, uncommitted  # noqa: E402
+from sim_throughput import (  # noqa: E402
+    Parser, RoundClock, check_args, load_average, machine, make_config, uncommitted)
 
 MARK = "VS_FLOWER_RESULT "
 CONFIG_KEY = "fedmoe-config"   # the ConfigRecord entry carrying the workload's config (JSON) to every ClientApp
 
 
-def workload(clients: int, rounds: int, engine: str):
-    """The shared workload: the default config, FedAvg, one thread, data read from the repo's data folder."""
-    return make_config(clients, rounds, "fedavg", engine, progress=False, threads=1,
+def workload(clients: int, rounds: int, engine: str, threads: int = 1):
+    """The shared workload: the default config, FedAvg, data read from the repo's data folder; ``threads``: the
+    torch threads of this package's run (Flower's actors always train with one, see ``_client_env``)."""
+    return make_config(clients, rounds, "fedavg", engine, progress=False, threads=threads,
                        data_dir=str(HERE.parent / "data"))
 
 
 # --------------------------------------------------------------------------- this package
-def run_package(clients: int, rounds: int, engine: str, save: Path) -> dict:
+def run_package(clients: int, rounds: int, engine: str, threads: int, save: Path) -> dict:
     import torch
 
     from fedmoe_da.fl import simulation
 
-    config = workload(clients, rounds, engine)
+    config = workload(clients, rounds, engine, threads)
     clock = RoundClock()
     clock.install(simulation)
     globals_ = {}   # "round1", "final": the server's global model
@@ -88,7 +96,8 @@ def run_package(clients: int, rounds: int, engine: str, save: Path) -> dict:
     torch.save(globals_, save)
     return {"rounds": [{"round": r["round"], "seconds": r["seconds_no_eval"], "with_eval_s": r["seconds"]}
                        for r in rows],
-            "setup_s": total - sum(r["seconds"] for r in rows), "ray_start_s": float("nan")}
+            "setup_s": total - sum(r["seconds"] for r in rows), "ray_start_s": float("nan"),
+            "threads": clock.threads, "processes": 1}
 
 
 # --------------------------------------------------------------------------- Flower
@@ -196,7 +205,8 @@ def run_flower(clients: int, rounds: int, cpus: int, save: Path) -> dict:
     rows = [{"round": r + 1, "seconds": ends[r] - (marks["begin"][0] if r == 0 else ends[r - 1]),
              "with_eval_s": float("nan")} for r in range(rounds)]
     return {"rounds": rows, "setup_s": marks["begin"][0] - start,
-            "ray_start_s": ray_start[0] if ray_start else float("nan")}
+            "ray_start_s": ray_start[0] if ray_start else float("nan"),
+            "threads": 1, "processes": cpus}   # _client_env sets one torch thread per actor; one actor per CPU
 
 
 # --------------------------------------------------------------------------- driver
@@ -205,7 +215,7 @@ def child(args) -> None:
     if args.side == "flower":
         got = run_flower(args.clients, args.rounds, args.cpus, save)
     else:
-        got = run_package(args.clients, args.rounds, args.engine, save)
+        got = run_package(args.clients, args.rounds, args.engine, args.threads, save)
     print(MARK + json.dumps(got), flush=True)
 
 
@@ -221,10 +231,12 @@ def max_abs_diff(a: Path, b: Path, key: str) -> float:
 
 def run_child(side: str, engine: str, n: int, args, save: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--clients", str(n), "--rounds", str(args.rounds),
-           "--engine", engine, "--cpus", str(len(args.cores.split(","))), "--save", str(save)]
+           "--engine", engine, "--cpus", str(len(args.cores.split(","))), "--threads", str(args.threads),
+           "--save", str(save)]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", args.cores] + cmd
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    threads = str(args.threads if side == "package" else 1)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "FLWR_TELEMETRY_ENABLED": "0"}   # Flower otherwise posts events over the network from each run
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
@@ -235,13 +247,15 @@ def run_child(side: str, engine: str, n: int, args, save: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--engine", nargs="+", default=None,
                     help="this package's engines (default: the config's default; 'loop' without the field)")
     ap.add_argument("--cores", default="0,1", help="CPU list both sides are pinned to (taskset -c)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of this package's run (>= 1); Flower's actors keep one each")
     ap.add_argument("--out", default="benchmarks/results/vs_flower")
     ap.add_argument("--child", choices=("package", "flower"), help=argparse.SUPPRESS)
     ap.add_argument("--cpus", type=int, default=2, help=argparse.SUPPRESS)
@@ -266,9 +280,10 @@ def main() -> None:
     info = {"machine": machine(), "load_before": load_average(), "cores": args.cores,
             "args": {k: v for k, v in vars(args).items() if k not in ("child", "cpus", "save")},
             "versions": {**versions(), "flwr": flwr_version, "ray": ray_version}, "uncommitted": uncommitted(),
-            "config": workload(args.clients[0], args.rounds, args.engine[0]).to_dict()}
-    print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, pinned to {args.cores}; Flower "
-          f"{flwr_version}, Ray {ray_version}; load average {info['load_before']}", flush=True)
+            "config": workload(args.clients[0], args.rounds, args.engine[0], args.threads).to_dict()}
+    print(f"{info['machine']['cpu']}, {info['machine']['cores']} cores, pinned to {args.cores}; this package "
+          f"{args.threads} torch thread(s), Flower one per actor; Flower {flwr_version}, Ray {ray_version}; "
+          f"load average {info['load_before']}", flush=True)
     runs, rounds = [], []
     sides = [("package", e) for e in args.engine] + [("flower", "-")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -285,14 +300,16 @@ def main() -> None:
                            "s_per_round": statistics.median(r["seconds"] for r in steady),
                            "with_eval_s": statistics.median(r["with_eval_s"] for r in steady),
                            "first_round_s": got["rounds"][0]["seconds"], "setup_s": got["setup_s"],
-                           "ray_start_s": got["ray_start_s"], "load1_before": load[0],
+                           "ray_start_s": got["ray_start_s"], "threads": got["threads"],
+                           "processes": got["processes"], "load1_before": load[0],
                            "load1_after": load_average()[0]}
                     runs.append(row)
                     rounds += [{"clients": n, "side": side, "engine": engine, "repeat": rep, **r}
                                for r in got["rounds"]]
                     print(f"{n:4d} clients, repeat {rep}, {side:>7s} {engine:>7s}: {row['s_per_round']:.3f} s/round "
                           f"(round 1 {row['first_round_s']:.2f} s, setup {row['setup_s']:.2f} s, Ray start "
-                          f"{row['ray_start_s']:.2f} s), load {load[0]:.2f}", flush=True)
+                          f"{row['ray_start_s']:.2f} s), {row['processes']} process(es) x {row['threads']} "
+                          f"thread(s), load {load[0]:.2f}", flush=True)
                 flower = saved[("flower", "-")]
                 for side, engine in sides[:-1]:
                     diff = {key: max_abs_diff(saved[(side, engine)], flower, key) for key in ("round1", "final")}
@@ -306,10 +323,10 @@ def main() -> None:
     for n in args.clients:
         for engine in args.engine:
             pkg, flw = med[(n, "package", engine)], med[(n, "flower", "-")]
-            ratios.append({"clients": n, "engine": engine, "package_s_per_round": pkg, "flower_s_per_round": flw,
-                           "ratio": flw / pkg})
-            print(f"{n:4d} clients: this package ({engine}) {pkg:.3f} s/round, Flower {flw:.3f} s/round: "
-                  f"{flw / pkg:.1f}x", flush=True)
+            ratios.append({"clients": n, "engine": engine, "package_threads": args.threads,
+                           "package_s_per_round": pkg, "flower_s_per_round": flw, "ratio": flw / pkg})
+            print(f"{n:4d} clients: this package ({engine}, {args.threads} thread(s)) {pkg:.3f} s/round, Flower "
+                  f"{flw:.3f} s/round: {flw / pkg:.1f}x", flush=True)
     info["ratios"], info["load_after"] = ratios, load_average()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
