@@ -16,7 +16,7 @@ from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl import fedmoe_da as fedmoe_da_strategy
 from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
 from fedmoe_da.fl.strategies import make_strategy
-from fedmoe_da.fl.transport import Stacked, copy_payloads, finite_sums
+from fedmoe_da.fl.transport import Stacked, Transport, copy_payloads, finite_sums
 
 N, E = 6, 4
 NUM_TRAIN = [10, 20, 30, 40, 50, 60]
@@ -224,3 +224,28 @@ def test_copied_payloads_are_copies_in_one_buffer_per_dtype():
     assert out[0]["w"].untyped_storage().data_ptr() == out[1]["w"].untyped_storage().data_ptr()
     out[0]["w"] += 1
     assert not torch.equal(out[0]["w"], a["w"]), "a copy, not an alias"
+
+
+def test_a_transport_with_only_deliver_sends_stacked_rows_one_by_one():
+    """A custom transport implements ``_deliver`` alone: send_stacked then delivers row by row, with the same
+    result as the in-process one; a row delivered in another shape is rejected; 1-D stacks (a scalar a row) work."""
+    class Plain(Transport):
+        def _deliver(self, src, dst, tensors, group):
+            return {n: (t[:0] if src == 9 and t.dim() else t).clone() for n, t in tensors.items()}
+
+    tensors = {"w": torch.randn(4, 3), "s": torch.tensor([1.0, float("inf"), 3.0, 4.0])}
+    batch = Stacked([1, 2, 9, 3], [0, 0, 0, 1], ["g"] * 4, tensors)
+    plain, ref = Plain(), InProcessTransport()
+    got, accepted = plain.send_stacked(2, "p2p", batch)
+    want, ref_accepted = ref.send_stacked(2, "p2p", Stacked([1, 2, 8, 3], [0, 0, 0, 1], ["g"] * 4, tensors))
+    assert accepted == [True, False, False, True] and ref_accepted == [True, False, True, True]
+    assert all(torch.equal(got[n][[0, 3]], want[n][[0, 3]]) for n in tensors)
+    assert plain.ledger.rejections()["reason"].tolist() == ["s contains NaN or Inf", "w has shape (0,), expected (3,)"]
+
+
+def test_a_whole_state_written_into_a_row_must_name_every_tensor():
+    _, template, _ = setup()
+    states = ClientStates.from_states(random_states(template, seed=1))
+    partial = dict(list(random_states(template, seed=2)[0].items())[1:])
+    with pytest.raises(ValueError, match="client 2: a state must hold exactly the tensors"):
+        states[2] = partial

@@ -77,20 +77,21 @@ def aggregation_matrix(proxies: Tensor, P: int, tau: float, min_correlation: flo
     parts = []
     for rows in row_blocks(M):                                                 # rows are independent
         if P == 0:                                                             # only the expert itself
-            i = torch.arange(rows.start, rows.stop)
-            parts.append((i, i, torch.ones(len(i), dtype=torch.float32)))
+            i = torch.arange(rows.start, rows.stop, device=proxies.device)
+            parts.append((i, i, torch.ones(len(i), dtype=torch.float32, device=proxies.device)))
             continue
         R = correlation(proxies, rows)                                         # Eq. 8, (m, M)
         # Eq. 9: S_i = { j : R_ij >= (P+1)-th largest value of row i } (row i contains i itself)
         top = R.topk(min(P + 1, M), dim=1).values                              # (m, P+1), largest first
         selected = R >= top[:, -1:] - TIE_TOLERANCE                            # (m, M) bool
         if min_correlation is not None:                                        # the guard, see above
-            own = torch.arange(rows.start, rows.stop)[:, None] == torch.arange(M)[None, :]
+            own = (torch.arange(rows.start, rows.stop, device=R.device)[:, None]
+                   == torch.arange(M, device=R.device)[None, :])
             selected &= (R > min_correlation + TIE_TOLERANCE) | own
         # Eq. 10: a_ij = exp(R_ij / tau) / sum_{l in S_i} exp(R_il / tau), 0 outside S_i
         r, c = selected.nonzero(as_tuple=True)                                 # (nnz,) row by row
         e = torch.exp((R[r, c] - top[r, 0]) / tau)                             # minus the row's max: no overflow
-        total = torch.zeros(R.shape[0], dtype=e.dtype).index_add_(0, r, e)     # (m,) per row
+        total = torch.zeros(R.shape[0], dtype=e.dtype, device=R.device).index_add_(0, r, e)   # (m,) per row
         parts.append((r + rows.start, c, (e / total[r]).float()))              # rows sum to 1
     r, c, v = (torch.cat(p) for p in zip(*parts)) if parts else (torch.zeros(0, dtype=torch.long),) * 2 + (
         torch.zeros(0),)
@@ -193,7 +194,7 @@ def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domain
     M = A.shape[0]
     client = torch.tensor(pool).repeat_interleave(num_experts)                  # (M,) client of each pair
     slot = torch.arange(num_experts).repeat(len(pool))                          # (M,)
-    r, c, a = entries(A)
+    r, c, a = (t.cpu() for t in entries(A))
     a = a.double()
 
     def per_row(where: Tensor) -> Tensor:                                      # (M,) sum of a over row's entries

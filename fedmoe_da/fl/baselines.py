@@ -104,7 +104,8 @@ class Ditto(Strategy):
                                             prox_mu=self.config.ditto_lambda)]
 
     def finish(self, k, results):
-        self.global_updates[k] = {n: t.clone() for n, t in results[0][0].items()}   # results may be views
+        self.global_updates[k] = {n: t.to(self.server_state[n].device, copy=True)   # results may be views (on the
+                                  for n, t in results[0][0].items()}              # engine's device)
         return results[1]
 
     def upload_state(self, k, states):

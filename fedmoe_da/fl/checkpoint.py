@@ -37,7 +37,7 @@ RUN_DIR`` on the command line. A finished run is read back.
 from __future__ import annotations
 
 import json
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,7 @@ import torch
 from ..config import ConfigError, ExperimentConfig
 from .matrices import Matrices
 from .run_folder import AGGREGATION, CHECKPOINT, CONFIG, HISTORY, LEDGER, REJECTIONS, RunFolder
-from .state import State
+from .state import ClientStates, State
 from .strategy import Strategy
 from .transport import CommLedger
 
@@ -126,7 +126,7 @@ def saved_round(run_dir: str | Path) -> int | None:
     return int(folder.load_checkpoint()["round"]) if folder.has_checkpoint() else None
 
 
-def restore(folder: RunFolder, config: ExperimentConfig, states: MutableSequence[State], strategy: Strategy,
+def restore(folder: RunFolder, config: ExperimentConfig, states: ClientStates | list[State], strategy: Strategy,
             rng: np.random.Generator, ledger: CommLedger) -> Done:
     """Load the checkpoint into the freshly set-up run and cut the run folder back to it; returns what was done.
 

@@ -75,7 +75,7 @@ class FedMoEDA(Strategy):
                         sent = {n: t - self.initial_gates[l][k] for n, t in sent.items()}
                     got = transport.send(rnd, k, SERVER, "server-up", g, sent, expect=self.shapes[g])
                     if got is not None:
-                        self.server_gates[l][k] = next(iter(got.values()))   # (E, d)
+                        self.server_gates[l][k] = next(iter(got.values())).cpu()   # (E, d); A is built on the CPU
         return uploads
 
     def proxies(self, l: int, pool: list[int]) -> torch.Tensor:
@@ -157,7 +157,8 @@ class FedMoEDA(Strategy):
         """Participants fetch the remote experts of their rows, then Eq. 11, ``P2P_CHUNK`` receivers at a time.
 
         Per chunk and layer: one stacked send of every expert the chunk's clients fetch (row t: the t-th fetch,
-        in client order), then Eq. 11 for those clients as two sparse products, over every participant's own
+        in client order; the ledger lists a chunk's fetches layer by layer), then Eq. 11 for those clients as two
+        sparse products, over every participant's own
         experts as they were after local training (synchronous) and over the experts that arrived. Memory holds
         one chunk's received experts, not the round's.
         """
@@ -183,10 +184,10 @@ class FedMoEDA(Strategy):
         keys = [r.key for r in self.groups[expert_group(l, 0)]]
         if not fetches:
             return {n: before[n][:0, 0] for n in keys}, []
-        k, peer, slot = (torch.tensor(v) for v in zip(*fetches))
-        peer_pos, k_pos = (torch.tensor([pos[int(c)] for c in v]) for v in (peer, k))
-        slots = slot.tolist()
-        batch = Stacked(peer.tolist(), k.tolist(), [expert_group(l, e) for e in slots],
+        ks, peers, slots = (list(v) for v in zip(*fetches))
+        slot = torch.tensor(slots)
+        peer_pos, k_pos = (torch.tensor([pos[c] for c in v]) for v in (peers, ks))
+        batch = Stacked(peers, ks, [expert_group(l, e) for e in slots],
                         {n: before[n][peer_pos, slot] for n in keys}, key=lambda t, n: tensor_key(n, slots[t]))
         c = self.config.p2p_screen
         screen = None if c is None else (                                     # against k's own expert of that slot

@@ -62,8 +62,8 @@ class ClientStates(Sequence):
     copy into the rows in place, so nothing is allocated per client and round, and the engine and Eq. 11 can
     read every client's tensor at once (``stacked``). Reading gives views: clone what must not change.
 
-    A checkpoint of ``[states[k] for k]`` (``torch.save``) stores each stacked tensor once, as views share their
-    storage; loading gives dicts of tensors again.
+    A checkpoint of ``[dict(s) for s in states]`` (``torch.save``) stores each stacked tensor once, as the views
+    share their storage; loading gives dicts of tensors again.
     """
 
     def __init__(self, stacked: dict[str, Tensor]) -> None:
@@ -88,6 +88,10 @@ class ClientStates(Sequence):
         return ClientState(self, k % self._len)
 
     def __setitem__(self, k: int, state: State) -> None:
+        """Client k's whole state becomes ``state`` (copied into its rows; it must name every tensor)."""
+        if set(state) != set(self.stacked):
+            raise ValueError(f"client {k}: a state must hold exactly the tensors {sorted(self.stacked)}, "
+                             f"got {sorted(state)}")
         view = self[k]
         for n, t in state.items():
             view[n] = t

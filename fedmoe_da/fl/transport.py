@@ -17,7 +17,12 @@ against the median of the round's uploads) asks ``screen(received_by_src)``
 for the reason of each rejected sender. Finiteness is checked once per call
 (``payload_problems``): one stacked sum per tensor, moved to the host at once;
 only a payload whose sum is not finite is looked at tensor by tensor, to name
-the sender and the tensor. The rows go to a ``CommLedger`` (``ledger.py``: compact columns).
+the sender and the tensor (payloads delivered into one buffer, ``copy_payloads``,
+are summed at once). The rows go to a ``CommLedger`` (``ledger.py``: compact columns).
+
+``send_stacked`` moves many payloads of the same tensors at once (FedMoE-DA's
+P2P fetches of one layer): row t of each stacked tensor is transfer t, checked
+and logged exactly as ``send`` would, with one sum per tensor and row.
 
 ``InProcessTransport`` is the simulator's: it clones tensors (so a receiver
 can never alias a sender's state). The distributed runner's transport sends
@@ -161,9 +166,21 @@ def payload_problem(tensors: Payload, expect: Shapes | None) -> str | None:
     return payload_problems({0: tensors}, {0: expect})[0]
 
 
+def _fits(out: dict[str, Tensor], t: int, keys: dict[str, str], got: Payload, views: Payload) -> bool:
+    """Write row t of a stacked delivery from ``got`` (payload key -> tensor) into ``out`` if it has the stack's
+    names and shapes (a tensor that ``is`` its row view in ``views`` is there already); False if it does not fit."""
+    if set(got) != set(keys) or any(got[k].shape != out[n].shape[1:] for k, n in keys.items()):
+        return False
+    for k, n in keys.items():
+        if got[k] is not views.get(k):
+            out[n][t] = got[k]
+    return True
+
+
 # --------------------------------------------------------------------------- transports
 class Transport:
-    """Moves payloads between parties and writes the ledger. Subclasses implement ``_deliver``."""
+    """Moves payloads between parties and writes the ledger. Subclasses implement ``_deliver`` (and may move a
+    batch at once: ``_deliver_many``, ``_deliver_stacked``)."""
 
     def __init__(self, ledger: CommLedger | None = None) -> None:
         self.ledger = ledger if ledger is not None else CommLedger()
@@ -226,8 +243,8 @@ class Transport:
         with torch.no_grad():
             for n, x in received.items():
                 if x.is_floating_point() and T:
-                    rows_ok &= torch.isfinite(x.flatten(1).sum(1, dtype=torch.float64 if x.dtype == torch.float64
-                                                                 else torch.float32)).cpu()
+                    rows_ok &= torch.isfinite(x.reshape(T, -1).sum(1, dtype=torch.float64 if x.dtype == torch.float64
+                                                                     else torch.float32)).cpu()
         for t in (~rows_ok).nonzero().flatten().tolist():                 # may hold a NaN/Inf: look at the row
             if problems[t] is None:
                 bad = next((n for n, x in received.items() if x.is_floating_point()
@@ -249,8 +266,17 @@ class Transport:
         return received, [p is None for p in problems]
 
     def _deliver_stacked(self, batch: Stacked) -> tuple[dict[str, Tensor], dict[int, Payload]]:
-        """What arrived of a stacked batch, and the rows that arrived in another shape (row -> payload)."""
-        raise NotImplementedError
+        """What arrived of a stacked batch, and the rows that arrived in another shape (row -> payload): here
+        ``_deliver`` of each row (``InProcessTransport`` copies the stack at once)."""
+        out = {n: torch.zeros_like(t) for n, t in batch.tensors.items()}
+        odd: dict[int, Payload] = {}
+        for t in range(len(batch.src)):
+            keys = {batch.key(t, n): n for n in out}
+            got = self._deliver(batch.src[t], batch.dst[t], {k: batch.tensors[n][t] for k, n in keys.items()},
+                                batch.group[t])
+            if not _fits(out, t, keys, got, {}):
+                odd[t] = got
+        return out, odd
 
     def _log(self, round, src, dst, channel, group, received: Payload, problem: str | None) -> None:
         self.ledger.record(round, src, dst, channel, group, received, accepted=problem is None)
@@ -309,10 +335,6 @@ class InProcessTransport(Transport):
                 keys = {batch.key(t, n): n for n in out}
                 views = {k: out[n][t] for k, n in keys.items()}                # changed in place: changed in the stack
                 got = self.tamper(batch.src[t], batch.dst[t], batch.group[t], dict(views))
-                if set(got) == set(keys) and all(got[k].shape == out[n].shape[1:] for k, n in keys.items()):
-                    for k, n in keys.items():
-                        if got[k] is not views[k]:
-                            out[n][t] = got[k]
-                else:
+                if not _fits(out, t, keys, got, views):
                     odd[t] = got
         return out, odd
