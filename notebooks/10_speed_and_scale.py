@@ -20,7 +20,8 @@
 # participant at once: one tensor per weight with the clients first, the
 # convolutions as one grouped convolution, the linears and the experts as
 # batched matmuls, Adam as one fused kernel. Each client keeps its own seed and
-# batch order; batches of unequal size are padded and masked. The tests
+# batch order; a step pads the clients' batches to its fullest one and masks
+# the padding. The client states stay stacked between rounds too. The tests
 # (`tests/test_engine.py`) hold its results equal to the loop's within float
 # rounding, for every strategy.
 #

@@ -87,11 +87,11 @@ def _glibc():
 def release_freed_memory() -> None:
     """Hand the heap memory freed during a round back to the system (``malloc_trim``; well under a ms).
 
-    glibc also raises its mmap threshold each time a block of megabytes is freed, after which such blocks come
-    from the heap and fragment it: at 200 clients the stacked engine's RSS grows 13-17% from round 2 to 20 (a
-    step, then flat). ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment keeps it at +2% (and 1,000 clients'
-    peak at 2.7 GB instead of 5.6) but made the stacked engine about 25% slower at 100 clients (page faults on
-    every large block), so it is left to the user (README, benchmarks/results/sim_throughput/).
+    A round frees blocks of megabytes (the engine's stacked chunks, the P2P stacks) that glibc would otherwise
+    keep mapped: read right after evaluation, a 200-client run's RSS swings by about 10% from round to round;
+    at the end of the round, after this, it grows 2% from round 2 to 20, the run's own records
+    (benchmarks/results/sim_throughput/). Fixing glibc's mmap threshold (``MALLOC_MMAP_THRESHOLD_``) instead
+    made the stacked engine 25% slower (page faults on every large block), so it is not set.
     """
     libc = _glibc()
     if libc is not None:
