@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..config import ConfigError, ExperimentConfig
@@ -60,7 +61,7 @@ class Done:
     """What a run has done so far: its last finished round and the rows the result is built from."""
 
     round: int = 0
-    history: list[dict] = field(default_factory=list)
+    history: list[pd.DataFrame] = field(default_factory=list)   # history rows, a frame per stretch of rounds
     diagnostics: list[dict] = field(default_factory=list)
     matrices: Matrices = field(default_factory=Matrices)
 
@@ -152,5 +153,5 @@ def restore(folder: RunFolder, config: ExperimentConfig, states: ClientStates | 
     rnd = int(ckpt["round"])
     folder.truncate(ckpt["files"], rnd)
     ledger.restore(folder.table(LEDGER), folder.table(REJECTIONS))
-    return Done(rnd, folder.table(HISTORY).to_dict("records"), folder.table(AGGREGATION).to_dict("records"),
+    return Done(rnd, [folder.table(HISTORY)], folder.table(AGGREGATION).to_dict("records"),
                 folder.matrices(rnd))

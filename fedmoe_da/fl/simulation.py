@@ -184,14 +184,15 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
         transport.settle(strategy)
         rows = transport.evaluated(evaluate_round(rnd, config, [c for c in clients if transport.hosts(c.client)],
                                                   states, trainer, strategy, participants, train_loss))
-        history.extend(rows)
+        round_rows = pd.DataFrame(rows)
+        history.append(round_rows)    # a frame per round: columns, not 20 Python objects per client and round
         new_diag = strategy.diagnostics()
         diagnostics.extend(new_diag)
         if new_diag:   # a refresh: keep this round's A (sparse: matrices.py), gates and pool of every layer
             matrices.update({matrix_key(rnd, g): SparseMatrix.from_torch(A) if A.is_sparse else A.numpy()
                              for g, A in strategy.matrices().items()})  # type: ignore[attr-defined]
         if folder:
-            folder.append(HISTORY, pd.DataFrame(rows))
+            folder.append(HISTORY, round_rows)
             folder.append(LEDGER, transport.ledger.to_frame(written[LEDGER]))   # this round's rows only
             folder.append(REJECTIONS, transport.ledger.rejections(written[REJECTIONS]))
             folder.append(AGGREGATION, pd.DataFrame(new_diag))
@@ -202,7 +203,9 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
         bar.set_postfix(acc=f"{np.nanmean([r['personalised_accuracy'] for r in rows]):.3f}")
         release_freed_memory()
 
-    result = SimulationResult(config, pd.DataFrame(history), transport.ledger.to_frame(), transport.ledger.rejections(),
+    frames = [f for f in history if len(f)]
+    result = SimulationResult(config, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
+                              transport.ledger.to_frame(), transport.ledger.rejections(),
                               clients=table, aggregation=pd.DataFrame(diagnostics), matrices=matrices)
     result.summary = summarize(result.history, result.ledger, result.rejections, result.aggregation)
     if folder:
