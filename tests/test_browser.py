@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,16 +69,18 @@ def browser_exe() -> str:
     return exe
 
 
-@pytest.fixture
-def voila_url(browser_exe: str, tmp_path: Path):
-    notebook = smoke_notebook(tmp_path)
+@contextmanager
+def voila_server(folder: Path):
+    """Voila serving the smoke notebook from ``folder`` on a free port: (url, its log, its process)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    notebook = smoke_notebook(folder)
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    log = (tmp_path / "voila.log").open("w")
+    log = (folder / "voila.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "voila", notebook.name, "--no-browser", f"--port={port}",
                              "--Voila.ip=127.0.0.1", f"--VoilaExecutor.timeout={DRAW_TIMEOUT_S}", "--show_tracebacks=True"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -84,9 +88,9 @@ def voila_url(browser_exe: str, tmp_path: Path):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"voila did not listen on 127.0.0.1:{port}:\n{(tmp_path / 'voila.log').read_text()[-3000:]}")
+                pytest.fail(f"voila did not listen on 127.0.0.1:{port}:\n{(folder / 'voila.log').read_text()[-3000:]}")
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/", tmp_path / "voila.log"
+        yield f"http://127.0.0.1:{port}/", folder / "voila.log", proc
     finally:
         proc.terminate()
         try:
@@ -94,6 +98,33 @@ def voila_url(browser_exe: str, tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def process_states(root: int) -> str:
+    """The state and kernel wait channel of ``root`` and its descendants (which is stuck, and where)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    lines, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmd = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120])
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+            lines.append(f"pid {pid} state {state} wchan {wchan or '-'}: {cmd}")
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    return "\n".join(lines)
+
+
+class NeverDrawn(Exception):
+    """The page never showed the explorer: the kernel did not finish running the notebook in time."""
 
 
 def drawn(state: str) -> dict[str, str]:
@@ -116,20 +147,22 @@ SETTLED = """([box, before]) => {
 }"""
 
 
-def test_slider_redraws_the_explorer_in_chromium(browser_exe: str, voila_url):
+def drive(browser_exe: str, url: str, log: Path) -> tuple[str, str, str, str]:
+    """Open the page, wait for the explorer, press the key; the drawn states and figures before and after."""
     from playwright import sync_api
 
-    url, log = voila_url
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):     # the folder holds this run's pictures only
-        old.unlink()
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=browser_exe)   # headless; Playwright passes --no-sandbox
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.set_default_timeout(30_000)
         try:
             page.goto(url, wait_until="commit")     # voila streams the page while the kernel runs the notebook
-            page.wait_for_selector(".fedmoe-drawn", state="attached", timeout=DRAW_TIMEOUT_S * 1000)
+            try:
+                page.wait_for_selector(".fedmoe-drawn", state="attached", timeout=DRAW_TIMEOUT_S * 1000)
+            except sync_api.TimeoutError as e:
+                page.screenshot(path=SHOTS / "never_drawn.png")
+                raise NeverDrawn(f"{e}\nthe page: {SHOTS / 'never_drawn.png'}; voila's log:\n"
+                                 f"{log.read_text()[-3000:]}") from None
             label = page.locator(".widget-label", has_text=SLIDER)
             # the innermost box holding both the slider and a drawn marker: the explorer (Explorer.widget)
             box = page.locator(".widget-vbox").filter(has=page.locator(".widget-slider", has=label)) \
@@ -153,6 +186,27 @@ def test_slider_redraws_the_explorer_in_chromium(browser_exe: str, voila_url):
             pytest.fail(f"{e}\nthe page: {SHOTS / 'timeout.png'}; voila's log:\n{log.read_text()[-3000:]}")
         finally:
             browser.close()
+    return before_state, before_src, after_state, after_src
+
+
+def test_slider_redraws_the_explorer_in_chromium(browser_exe: str, tmp_path: Path):
+    """Once in about 20 clean CI runs the kernel stalled (at low CPU) in the notebook's last cells and the page
+    never drew; such a stall, and only that, is retried once on a fresh server, with the stuck processes' states
+    kept in the failure message if it happens again."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SHOTS.glob("*.png"):     # the folder holds this run's pictures only
+        old.unlink()
+    stalls = []
+    for attempt in (1, 2):
+        with voila_server(tmp_path / f"attempt{attempt}") as (url, log, proc):
+            try:
+                before_state, before_src, after_state, after_src = drive(browser_exe, url, log)
+                break
+            except NeverDrawn as e:
+                stalls.append(f"attempt {attempt}: {e}\nprocesses:\n{process_states(proc.pid)}")
+                if attempt == 2:
+                    pytest.fail("\n\n".join(stalls))
+                warnings.warn(f"the notebook never drew on attempt 1; retrying on a fresh server:\n{stalls[0]}")
 
     before, after = drawn(before_state), drawn(after_state)
     moved = float(after[SLIDER]) - float(before[SLIDER])
