@@ -213,10 +213,11 @@ def matrix_diagnostics(A: Tensor, pool: list[int], num_experts: int, home_domain
         "domain_purity": float("nan"), "purity_chance": float("nan"),
     }
     if home_domains is not None and len(pool) > 1:
-        home = torch.tensor([home_domains[k] for k in pool]).repeat_interleave(num_experts)   # (M,)
+        pool_home = torch.tensor([home_domains[k] for k in pool])                  # (clients,)
+        home = pool_home.repeat_interleave(num_experts)                             # (M,)
         out["domain_purity"] = _share(per_row((home[r] == home[c]) & ~same_client), v["inter"])
         # chance: the other pool clients of the row's home domain over all other pool clients
-        clients_per_home = torch.bincount(torch.tensor([home_domains[k] for k in pool]))
+        clients_per_home = torch.bincount(pool_home)
         chance = (clients_per_home[home] - 1).double() / (len(pool) - 1)        # (M,)
         has = v["inter"] > 0                                                    # the rows purity averages over
         out["purity_chance"] = float(chance[has].mean()) if bool(has.any()) else float("nan")

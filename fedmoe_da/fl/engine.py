@@ -213,8 +213,8 @@ class StackedTrainer(Trainer):
         channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.features)
         for r0 in range(0, ends[-1] if G else 0, EVAL_ROWS):                     # rows [r0, r1) of all clients
             r1 = min(r0 + EVAL_ROWS, ends[-1])
-            part = [(x[max(r0 - e + n, 0):r1 - e + n], y[max(r0 - e + n, 0):r1 - e + n])
-                    for (x, y), e, n in zip(items, ends, sizes) if e - n < r1 and e > r0]
+            part = [(x[max(r0 - end + size, 0):r1 - end + size], y[max(r0 - end + size, 0):r1 - end + size])
+                    for (x, y), end, size in zip(items, ends, sizes) if end - size < r1 and end > r0]
             x = torch.cat([x for x, _ in part]).to(dev)
             y = torch.cat([y for _, y in part]).to(dev)                              # (R,)
             if channels_last and x.dim() == 4:

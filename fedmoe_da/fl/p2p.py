@@ -7,7 +7,7 @@ of its rows use it. Its own experts (intra-client entries) cost nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import pandas as pd
@@ -24,6 +24,7 @@ class ClientRows:
     slot: Tensor    # (nnz,) int64, source slot
     weight: Tensor  # (nnz,) float32, a_ij
     version: int    # the refresh round this A was computed at
+    _sources: list[tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_payload(self) -> dict[str, Tensor]:
         """What the server sends: the (row, peer, slot) indices and the weights."""
@@ -35,8 +36,11 @@ class ClientRows:
         return cls(index[:, 0], index[:, 1], index[:, 2], payload["weight"], version)
 
     def sources(self) -> list[tuple[int, int]]:
-        """The distinct (peer, slot) experts these rows use, sorted (the client's own included)."""
-        return sorted(set(zip(self.peer.tolist(), self.slot.tolist())))
+        """The distinct (peer, slot) experts these rows use, sorted (the client's own included); computed once (the
+        fetch plan, ``weight_matrix`` and Eq. 11 each read them every round)."""
+        if self._sources is None:
+            self._sources = sorted(set(zip(self.peer.tolist(), self.slot.tolist())))
+        return self._sources
 
     def weight_matrix(self, num_experts: int) -> Tensor:
         """The rows as a dense (E, S) matrix over ``sources()``: entry (e, s) = a_ij."""
