@@ -30,8 +30,11 @@ compare: env
 run: env
 	$(PY) -m fedmoe_da run
 
+# the whole suite, then the tests that compare two implementations again on the vector kernels of a CPU without
+# AVX-512 (their tolerances must not depend on which kernels a CPU takes: docs/ARCHITECTURE.md section 8)
 test: env
 	$(PY) -m pytest
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -m equivalence
 
 # the README's results block: rerun the default comparison into results/compare and copy its table
 results: env

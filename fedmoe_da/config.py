@@ -35,6 +35,7 @@ BACKENDS = ("auto", "torch", "dense", "triton")
 DOMAINS = ("original", "rotate", "invert", "noise", "blur")
 DIGIT_DOMAINS = ("mnist", "usps", "mnistm", "synth")
 CHANNELS = ("server", "local")
+DTYPES = ("float32", "float64")
 ENGINES = ("stacked", "loop")   # fl/engine.py and fl/client.py; the ViT always runs the loop
 OPTIMIZERS = ("adam", "sgd")
 PROXIES = ("gate", "gate_delta", "gate_centred", "gate_signature", "domain")
@@ -200,6 +201,8 @@ class ExperimentConfig:
     """Torch device for local training and evaluation."""
     threads: int = rule(1, Integer(1))
     """Torch intra-op threads of the run (on 2 busy cores, 2 threads are slower than 1)."""
+    dtype: str = rule("float32", Choice(DTYPES))
+    """Parameters and inputs: float32, or float64 (slower; the engine tests compare in float64, rounding then hardly depends on the CPU)."""
     engine: str = rule("stacked", Choice(ENGINES))
     """Local training and evaluation: stacked (every client at once; CNN, MLP) or loop (one after another, the reference)."""
     dist_timeout: float = rule(30.0, Number(0, low_open=True))

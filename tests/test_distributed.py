@@ -76,10 +76,11 @@ def test_three_processes_match_in_process(name, reference, tmp_path):
 
 
 @needs_gloo
+@pytest.mark.equivalence
 def test_stacked_engine_across_ranks_matches_in_process(tmp_path):
     import pandas as pd
 
-    flags = [*CASES["fedmoe_da"], "--engine", "stacked"]
+    flags = [*CASES["fedmoe_da"], "--engine", "stacked", "--dtype", "float64"]   # rounding independent of the CPU
     assert cli.main(["run", *FLAGS, *flags, "--out", str(tmp_path / "one")]) == 0
     proc = torchrun(tmp_path / "three", flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +89,7 @@ def test_stacked_engine_across_ranks_matches_in_process(tmp_path):
     a, b = (pd.read_csv(tmp_path / d / "history.csv") for d in ("one", "three"))
     assert a.columns.equals(b.columns) and len(a) == len(b)
     num = a.select_dtypes("number").columns
-    assert ((a[num] - b[num]).abs().fillna(0) <= 1e-5).all().all()
+    assert ((a[num] - b[num]).abs().fillna(0) <= 1e-9).all().all()
 
 
 @needs_gloo

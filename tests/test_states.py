@@ -18,6 +18,8 @@ from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
 from fedmoe_da.fl.strategies import make_strategy
 from fedmoe_da.fl.transport import Stacked, Transport, copy_payloads, finite_sums
 
+pytestmark = pytest.mark.equivalence   # also run on a CPU without AVX-512's kernels (Makefile: test)
+
 N, E = 6, 4
 NUM_TRAIN = [10, 20, 30, 40, 50, 60]
 

@@ -30,7 +30,7 @@ class MultiDomainDataset:
     """A dataset split into train and test once, each sample tagged with a domain."""
 
     name: str
-    x_train: Tensor   # (n, C, H, W) float32 in [0, 1]
+    x_train: Tensor   # (n, C, H, W) in config.dtype
     y_train: Tensor   # (n,) int64
     d_train: Tensor   # (n,) int64 domain index
     x_test: Tensor
@@ -117,9 +117,16 @@ def _build_sources(config: ExperimentConfig) -> MultiDomainDataset:
 
 
 def build(config: ExperimentConfig) -> MultiDomainDataset:
-    """The dataset of ``config``: split once (stratified, seeded), each sample with its domain."""
-    if config.dataset == "digit_domains":
-        return _build_sources(config)
+    """The dataset of ``config``: split once (stratified, seeded), each sample with its domain; images in
+    ``config.dtype``."""
+    data = _build_sources(config) if config.dataset == "digit_domains" else _build_transformed(config)
+    dtype = getattr(torch, config.dtype)
+    data.x_train, data.x_test = data.x_train.to(dtype), data.x_test.to(dtype)
+    return data
+
+
+def _build_transformed(config: ExperimentConfig) -> MultiDomainDataset:
+    """digits and the real datasets: split, then a synthetic domain per sample and its transform."""
     rng = seeds.generator(config.seed, "domains")
     x, y, x_test, y_test, classes = _load_raw(config)
     try:

@@ -118,5 +118,7 @@ def build(config: ExperimentConfig, input_shape: tuple[int, int, int], num_class
                top_k=config.top_k, backend=config.backend, capacity_factor=config.capacity_factor,
                lb_coef=config.lb_coef, z_coef=config.z_coef)
     if config.model == "vit":
-        return ViTMoE(input_shape, num_classes, moe, depth=config.moe_layers, patch_size=config.patch_size)
-    return MODEL_CLASSES[config.model](input_shape, num_classes, moe)
+        model = ViTMoE(input_shape, num_classes, moe, depth=config.moe_layers, patch_size=config.patch_size)
+    else:
+        model = MODEL_CLASSES[config.model](input_shape, num_classes, moe)
+    return model.to(getattr(torch, config.dtype))

@@ -14,7 +14,7 @@ After every forward pass the layer keeps, for inspection and for the losses:
 * ``layer.routing``: a :class:`Routing` with ``weights`` (T, k), ``indices``
   (T, k), ``logits`` (T, E), ``tokens_per_expert`` (E,) and ``dropped``
   (assignments beyond capacity);
-* ``layer.aux_losses``: ``{"load_balance": ..., "z_loss": ...}`` (fp32 scalars);
+* ``layer.aux_losses``: ``{"load_balance": ..., "z_loss": ...}`` (fp32 scalars; fp64 for a fp64 model);
 * ``layer.aux_loss``: ``lb_coef * load_balance + z_coef * z_loss``, to add to the task loss.
 """
 from __future__ import annotations
@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backend import BACKENDS, Backend, dense_work, resolve_backend
-from .router import load_balance_loss, z_loss
+from .router import load_balance_loss, routing_dtype, z_loss
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 
 
 @dataclass
 class Routing:
-    weights: Tensor            # (T, k) fp32 routing weights (sum to 1 per token)
+    weights: Tensor            # (T, k) fp32 (fp64) routing weights (sum to 1 per token)
     indices: Tensor            # (T, k) int64 chosen experts
     logits: Tensor             # (T, E) gate logits
     tokens_per_expert: Tensor  # (E,) int64 assignments per expert
@@ -55,7 +55,7 @@ def moe_apply(backend: Backend, x: Tensor, gate: Tensor, w1: Tensor, b1: Tensor,
     logits = torch.matmul(x, gate.transpose(-1, -2))                     # (T, E)
     weights, indices = backend.topk_softmax(logits, top_k)               # (T, k), (T, k)
     y, counts = backend.dispatch(x, weights, indices, w1, b1, w2, b2, activation, capacity)   # (T, d_out), (E,)
-    probs = torch.softmax(logits.float(), dim=-1)                        # (T, E) for P_e
+    probs = torch.softmax(logits.to(routing_dtype(logits.dtype)), dim=-1)   # (T, E) for P_e
     aux = {"load_balance": load_balance_loss(probs, indices, gate.shape[-2], mask), "z_loss": z_loss(logits, mask)}
     return y, weights, indices, logits, counts, aux
 

@@ -4,7 +4,8 @@ For T tokens of width d and E experts the gate is an ``nn.Linear(d, E, bias=Fals
 its weight (E, d) is also FedMoE-DA's *proxy* matrix: row e says which inputs
 expert e is routed, so it stands for the expert's data domain.
 
-All routing math runs in fp32 whatever the input dtype.
+All routing math runs in fp32, or in the input's dtype if it is wider (fp64: the engines' equivalence tests
+compare float64 runs, whose routing must not round to fp32).
 """
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import torch
 from torch import Tensor
 
 
+def routing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype routing math runs in: fp32, or ``dtype`` if it is wider (fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def topk_softmax_reference(logits: Tensor, k: int, renormalize: bool = True) -> tuple[Tensor, Tensor]:
     """Softmax over experts, then the k largest probabilities per token.
 
-    logits: (..., T, E). Returns weights (..., T, k) fp32 and indices (..., T, k) int64 (leading
+    logits: (..., T, E). Returns weights (..., T, k) in ``routing_dtype`` and indices (..., T, k) int64 (leading
     dimensions, e.g. the stacked engine's clients, are independent problems).
     Ties break to the lower expert index: a *stable* descending sort keeps
     equal probabilities in index order (``torch.topk`` promises no order).
     """
-    probs = torch.softmax(logits.float(), dim=-1)                   # (T, E)
+    probs = torch.softmax(logits.to(routing_dtype(logits.dtype)), dim=-1)   # (T, E)
     sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     weights, indices = sorted_p[..., :k], order[..., :k]             # (T, k)
     if renormalize:
@@ -50,19 +56,20 @@ def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int, mask: Te
     is True (padding left out).
     """
     T, k = indices.shape[-2:]                                                     # leading dims: one loss each
+    acc = routing_dtype(probs.dtype)
     if mask is None:
-        f = expert_counts(indices, num_experts).float() / T                      # (E,)
-        P = probs.float().mean(dim=-2)                                            # (E,)
+        f = expert_counts(indices, num_experts).to(acc) / T                       # (E,)
+        P = probs.to(acc).mean(dim=-2)                                            # (E,)
     else:
         valid = mask.sum(dim=-1, keepdim=True).clamp(min=1)                       # (..., 1)
-        f = expert_counts(indices, num_experts, mask).float() / valid
-        P = torch.where(mask.unsqueeze(-1), probs.float(), 0.0).sum(dim=-2) / valid
+        f = expert_counts(indices, num_experts, mask).to(acc) / valid
+        P = torch.where(mask.unsqueeze(-1), probs.to(acc), 0.0).sum(dim=-2) / valid
     return (num_experts / k) * torch.sum(f * P, dim=-1)
 
 
 def z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """Router z-loss: mean over tokens of logsumexp(logits)^2 (keeps logits small); ``mask`` as in load_balance_loss."""
-    lse2 = torch.logsumexp(logits.float(), dim=-1).pow(2)                        # (..., T) leading dims: one loss each
+    lse2 = torch.logsumexp(logits.to(routing_dtype(logits.dtype)), dim=-1).pow(2)                        # (..., T) leading dims: one loss each
     if mask is None:
         return lse2.mean(dim=-1)
     return torch.where(mask, lse2, 0.0).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
