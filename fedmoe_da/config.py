@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .rules import INT_LIMIT, Bool, Choice, Device, Integer, Number, Optional, OutDir, Rule, String, is_int
+from .config_files import read_table
+from .rules import INT_LIMIT, Bool, Choice, ConfigError, Device, Integer, Number, Optional, OutDir, Rule, String, is_int
 
 STRATEGIES = ("fedmoe_da", "fedavg", "fedprox", "fedper", "fedrep", "ditto", "local")
 DATASETS = ("digits", "digit_domains", "mnist", "fmnist", "cifar10")
@@ -46,10 +47,6 @@ COMPARE_STRATEGIES = ("fedmoe_da", "fedmoe_da:proxy=gate_signature", "fedper", "
 """What ``compare`` runs by default: FedMoE-DA as configured (its defaults chosen on validation data by
 benchmarks/method_study.py, which picked the paper's gate proxy), its domain-aware variant, and three baselines."""
 SERVER_AGGREGATES = ("mean", "trimmed_mean", "median")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message is one line naming the field."""
 
 
 # --------------------------------------------------------------------------- rules
@@ -94,9 +91,11 @@ class ExperimentConfig:
     test_fraction: float = rule(0.4, Number(0, 1, low_open=True, high_open=True))
     """Fraction of the dataset held out for testing (split once, stratified, seeded)."""
     max_samples: int | None = rule(3200, Optional(Integer(2)))
-    """Use at most this many samples of the dataset (None: all); 3200: ~100 training images per client, the regime FedMoE-DA targets."""
+    """Use at most this many samples of the dataset (None: all); 3200: ~100 training images per client, the regime
+    FedMoE-DA targets."""
     partition: str = rule("domain", Choice(PARTITIONS))
-    """How training samples are dealt to clients (domain: one home domain each; domain_dirichlet: x Dirichlet label skew)."""
+    """How training samples are dealt to clients (domain: one home domain each; domain_dirichlet: x Dirichlet label
+    skew)."""
     alpha: float = rule(0.5, Number(0, low_open=True))
     """Dirichlet concentration of the label skew (smaller: more skewed)."""
     shards_per_client: int = rule(2, Integer(1))
@@ -128,7 +127,8 @@ class ExperimentConfig:
     z_coef: float = rule(1e-3, Number(0))
     """Coefficient of the router z-loss."""
     backend: str = rule("auto", Choice(BACKENDS))
-    """MoE dispatch backend: torch (sort-based reference), dense (all experts, masked), triton; auto: triton on CUDA, dense for small CPU problems, torch otherwise."""
+    """MoE dispatch backend: torch (sort-based reference), dense (all experts, masked), triton; auto: triton on CUDA,
+    dense for small CPU problems, torch otherwise."""
 
     # --- federated learning ----------------------------------------------
     strategy: str = rule("fedmoe_da", Choice(STRATEGIES))
@@ -158,15 +158,18 @@ class ExperimentConfig:
     head_epochs: int = rule(1, Integer(0))
     """FedRep: local epochs on the head (body frozen) before the body epochs."""
     P: int = rule(3, Integer(0))
-    """FedMoE-DA: each expert is aggregated with its P most correlated experts in the pool (default: chosen on validation)."""
+    """FedMoE-DA: each expert is aggregated with its P most correlated experts in the pool (default: chosen on
+    validation)."""
     tau: float = rule(0.1, Number(0, low_open=True))
     """FedMoE-DA: softmax temperature of the aggregation weights (Eq. 10)."""
-    I: int = rule(1, Integer(1))
-    """FedMoE-DA: the aggregation matrix A is recomputed every I rounds (1: gates are small, uploading them every round is cheap)."""
+    I: int = rule(1, Integer(1))   # noqa: E741 (the paper's symbol for the refresh interval)
+    """FedMoE-DA: the aggregation matrix A is recomputed every I rounds (1: gates are small, uploading them every round
+    is cheap)."""
     fedmoe_backbone: str = rule("server", Choice(CHANNELS))
     """FedMoE-DA: backbone channel, server (FedAvg) or local (never leaves the client)."""
     proxy: str = rule("gate", Choice(PROXIES))
-    """FedMoE-DA: expert proxy: gate row (paper), gate_delta (minus init), gate_centred (over pool), gate_signature (client fingerprint + slot), domain (oracle)."""
+    """FedMoE-DA: expert proxy: gate row (paper), gate_delta (minus init), gate_centred (over pool), gate_signature
+    (client fingerprint + slot), domain (oracle)."""
     gate_init: str = rule("shared", Choice(GATE_INITS))
     """FedMoE-DA: all clients start from one gate initialisation (shared) or each from its own (per_client)."""
     sync: str = rule("every_round", Choice(SYNCS))
@@ -176,11 +179,14 @@ class ExperimentConfig:
 
     # --- peers that lie, clients that drop (fl/robust.py) -----------------
     p2p_screen: float | None = rule(None, Optional(Number(0, low_open=True)))
-    """FedMoE-DA: a client rejects a peer's expert farther from its own expert of that slot than this x the own expert's norm; None: off."""
+    """FedMoE-DA: a client rejects a peer's expert farther from its own expert of that slot than this x the own
+    expert's norm; None: off."""
     upload_screen: float | None = rule(None, Optional(Number(0, low_open=True)))
-    """Server: reject an upload farther from the coordinate-wise median of the round's uploads than this x the median's norm; None: off."""
+    """Server: reject an upload farther from the coordinate-wise median of the round's uploads than this x the median's
+    norm; None: off."""
     server_aggregate: str = rule("mean", Choice(SERVER_AGGREGATES))
-    """Server: combine uploads by mean (FedAvg, weighted by data size), trimmed_mean or median (coordinate-wise, unweighted)."""
+    """Server: combine uploads by mean (FedAvg, weighted by data size), trimmed_mean or median (coordinate-wise,
+    unweighted)."""
     trim_fraction: float = rule(0.1, Number(0, 0.5, high_open=True))
     """server_aggregate=trimmed_mean: share of uploads dropped at each end of every coordinate."""
     dropout: float = rule(0.0, Number(0, 1))
@@ -202,15 +208,17 @@ class ExperimentConfig:
     threads: int = rule(1, Integer(1))
     """Torch intra-op threads of the run (on 2 busy cores, 2 threads are slower than 1)."""
     dtype: str = rule("float32", Choice(DTYPES))
-    """Parameters and inputs: float32, or float64 (slower; the engine tests compare in float64, rounding then hardly depends on the CPU)."""
+    """Parameters and inputs: float32, or float64 (slower; the engine tests compare in float64, rounding then hardly
+    depends on the CPU)."""
     engine: str = rule("stacked", Choice(ENGINES))
-    """Local training and evaluation: stacked (every client at once; CNN, MLP) or loop (one after another, the reference)."""
+    """Local training and evaluation: stacked (every client at once; CNN, MLP) or loop (one after another, the
+    reference)."""
     dist_timeout: float = rule(30.0, Number(0, low_open=True))
     """Under torchrun: seconds a rank waits for another before the run stops with an error naming it."""
     out: str | None = rule(None, Optional(OutDir()))
     """Run folder to write (config.json, history.csv, ledger.csv, summary.json); None: none."""
     checkpoint_every: int = rule(1, Integer(0))
-    """Write the run folder's checkpoint.pt every K rounds (0: never), from which --resume continues; cheap: about 10 MB rewritten in 40 ms at the default sizes, 1% of a round."""
+    """Write the run folder's checkpoint.pt every K rounds (0: never), from which --resume continues."""
     progress: bool = rule(True, Bool())
     """Show a progress bar over rounds."""
 
@@ -290,47 +298,9 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------- files
-RUN_FILE_KEYS = ("config", "versions", "strategies", "seeds")   # a run or compare folder's config.json
-
-
 def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(fields, extras) of a .json or .toml file; extras: a compare folder's 'strategies' and 'seeds'.
-
-    The file holds config fields at the top level, or is a run folder's config.json
-    (``{"config": {...}, "versions": {...}}``). Unknown keys raise ConfigError.
-    """
-    path = Path(path)
-    where = f"config file {str(path)!r}"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:   # Python 3.10
-            raise ConfigError(f"{where}: TOML needs Python >= 3.11; use a .json file") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{where} is not valid TOML: {str(exc).splitlines()[0]}") from None
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where} is not valid JSON: {str(exc).splitlines()[0]}") from None
-    else:
-        raise ConfigError(f"{where} is invalid: must end in .json or .toml")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} is invalid: must hold a table of config fields")
-    extras: dict[str, Any] = {}
-    if isinstance(data.get("config"), dict):
-        unknown = sorted(set(data) - set(RUN_FILE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}: a run folder's file holds "
-                              + ", ".join(RUN_FILE_KEYS))
-        extras = {k: data[k] for k in ("strategies", "seeds") if k in data}
-        data = data["config"]
+    """(fields, extras) of a .json or .toml file (``config_files.read_table``); unknown fields raise ConfigError."""
+    data, extras, where = read_table(path)
     names = [f.name for f in dataclasses.fields(ExperimentConfig)]
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -340,7 +310,7 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 # --------------------------------------------------------------------------- docs
 def describe_fields() -> dict[str, str]:
-    """Field name -> its docstring, read from this module's source (for --help and docs)."""
+    """Field name -> its docstring, read from this module's source, whitespace joined (for --help and docs)."""
     import ast
     import inspect
 
@@ -349,7 +319,7 @@ def describe_fields() -> dict[str, str]:
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value).strip()  # type: ignore[attr-defined]
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[attr-defined]
     return docs
 
 

@@ -18,6 +18,10 @@ from typing import Any
 INT_LIMIT = 2**63   # every integer field fits a signed 64-bit integer (torch, numpy)
 
 
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming the field."""
+
+
 class Rule:
     """What a field allows. ``problem`` says what is wrong with a value (None: fine)."""
 
