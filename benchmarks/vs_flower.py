@@ -50,8 +50,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sim_throughput import (  # noqa: E402
-    Parser, RoundClock, check_args, load_average, machine, make_config, uncommitted)
+from sim_throughput import Parser, RoundClock, check_args, load_average, machine, make_config, uncommitted  # noqa: E402
 
 MARK = "VS_FLOWER_RESULT "
 CONFIG_KEY = "fedmoe-config"   # the ConfigRecord entry carrying the workload's config (JSON) to every ClientApp
@@ -142,13 +141,12 @@ def flower_train(msg, context):
 def run_flower(clients: int, rounds: int, cpus: int, save: Path) -> dict:
     import ray
     import torch
+    import vs_flower  # this file as a module: Ray's actors import flower_train from it by name
     from flwr.app import ArrayRecord, ConfigRecord
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
-
-    import vs_flower   # this file as a module: Ray's actors import flower_train from it by name
 
     from fedmoe_da import data as data_mod
     from fedmoe_da import models, seeds

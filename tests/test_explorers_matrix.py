@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from fedmoe_da import ExperimentConfig, simulate
-from fedmoe_da.explorers.matrix import (PROXIES, domain_order, matrix_explorer, purity_sweep, recompute,
-                                        refresh_rounds, saved_gates)
+from fedmoe_da.explorers.matrix import (
+    PROXIES,
+    domain_order,
+    matrix_explorer,
+    purity_sweep,
+    recompute,
+    refresh_rounds,
+    saved_gates,
+)
 from fedmoe_da.fl.run_folder import matrix_key
 
 # two clients per home domain (smoke sizes otherwise), so that domain purity has something to measure

@@ -1,8 +1,8 @@
 """Packaging: environment.yml follows pyproject.toml, and the README's example runs."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).parents[1]

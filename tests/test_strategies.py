@@ -5,7 +5,7 @@ Oracles, each obviously correct on its own:
 * the proximal term (mu / 2) ||w - c||^2 has gradient mu (w - c): one plain SGD
   step (no momentum) with the term minus one without it is -lr mu (w - c);
 * FedAvg of a group is a loop over the participants weighted by training-set size;
-* a strategy's server groups follow the table of DESIGN section 4, written out here;
+* a strategy's server groups follow the table of docs/ARCHITECTURE.md §2, written out here;
 * which participants missed the latest aggregate is a loop over the rounds;
 * the run folder's tables are re-derived from the data and the returned objects.
 """
@@ -33,7 +33,7 @@ from fedmoe_da.fl.transport import SERVER
 E, N = 4, 3
 NUM_TRAIN = [10, 20, 30]
 SERVER_STRATEGIES = ["fedavg", "fedprox", "fedper", "fedrep", "ditto", "fedmoe_da"]
-# DESIGN section 4: the group kinds each strategy aggregates at the server (fedmoe_da: fedmoe_backbone="server")
+# docs/ARCHITECTURE.md §2: the group kinds each strategy aggregates at the server (fedmoe_da: fedmoe_backbone="server")
 SERVER_KINDS = {"fedavg": {"backbone", "head", "gate", "expert"}, "fedprox": {"backbone", "head", "gate", "expert"},
                 "ditto": {"backbone", "head", "gate", "expert"}, "fedper": {"backbone"}, "fedrep": {"backbone"},
                 "fedmoe_da": {"backbone", "head"}}

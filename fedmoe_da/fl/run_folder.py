@@ -1,4 +1,4 @@
-"""The run folder (DESIGN section 8): written as the run goes, read back by ``load_run``.
+"""The run folder (docs/ARCHITECTURE.md §9): written as the run goes, read back by ``load_run``.
 
     config.json       {"config": the fields, "versions": packages, python, platform, git sha}
                       (``fedmoe-da run --config`` accepts it back)

@@ -1,6 +1,6 @@
 """The strategy interface: who sends which parameter group where, and how the server combines them.
 
-A strategy declares a channel per group kind (DESIGN section 4): ``server``
+A strategy declares a channel per group kind (docs/ARCHITECTURE.md §2): ``server``
 (aggregated at the server), ``p2p`` (synchronised between peers) or
 ``local`` (never leaves the client). One round of a strategy is:
 

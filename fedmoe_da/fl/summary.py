@@ -1,7 +1,7 @@
 """What a run produced (``SimulationResult``) and the numbers that summarise it.
 
 Personalised accuracy is each client's own model on its own held-out split
-(DESIGN section 8): reported as the mean over clients, the std over clients,
+(docs/ARCHITECTURE.md §9): reported as the mean over clients, the std over clients,
 and the mean of the worst 10% of clients, at the final round and at the best
 round (by mean).
 """

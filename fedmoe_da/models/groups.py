@@ -1,4 +1,4 @@
-"""Parameter groups: which parameters of a model travel together (DESIGN section 4).
+"""Parameter groups: which parameters of a model travel together (docs/ARCHITECTURE.md §2).
 
 Per MoE layer l, in ``model.moe_layers`` order (names from ``names.py``):
 

@@ -2,7 +2,7 @@
 
 Built and parsed here only: nothing else formats ``"expert[0][3]"`` or splits it.
 
-* parameter groups (DESIGN section 4): ``backbone``, ``head``, ``gate[l]``,
+* parameter groups (docs/ARCHITECTURE.md §2): ``backbone``, ``head``, ``gate[l]``,
   ``expert[l][e]``, and FedMoE-DA's rows of the aggregation matrix ``A[l]``;
 * a tensor inside a group payload: the state key, or ``key[slot]`` for slot
   ``slot`` of a stacked expert parameter;
