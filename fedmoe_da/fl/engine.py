@@ -110,11 +110,11 @@ class StackedTrainer(Trainer):
 
     def _train_chunk(self, jobs: list[Job]) -> list[tuple[State, float]]:
         cfg, dev, G = self.config, self.config.device, len(jobs)
-        P = {n: torch.stack([j.state[n] for j in jobs]).to(dev) for n in self.names}         # (G, ...)
+        stacked = {n: torch.stack([j.state[n] for j in jobs]).to(dev) for n in self.names}   # (G, ...) each
         prox = jobs[0].prox_center is not None and jobs[0].prox_mu != 0
         if prox:
             centre = {n: torch.stack([j.prox_center[n] for j in jobs]).to(dev) for n in self.names}
-            mu = torch.tensor([j.prox_mu for j in jobs], dtype=P[self.names[0]].dtype, device=dev)
+            mu = torch.tensor([j.prox_mu for j in jobs], dtype=stacked[self.names[0]].dtype, device=dev)
         X = torch.cat([j.x for j in jobs] + [jobs[0].x.new_zeros(1, *jobs[0].x.shape[1:])]).to(dev)
         Y = torch.cat([j.y for j in jobs] + [torch.zeros(1, dtype=jobs[0].y.dtype)]).to(dev)   # + the padding row
         offsets = [0] + [int(v) for v in torch.cumsum(torch.tensor([len(j.y) for j in jobs]), 0)[:-1]]
@@ -123,25 +123,27 @@ class StackedTrainer(Trainer):
         steps = torch.zeros(G, dtype=torch.long, device=dev)
         for epochs, trained in self._phases(jobs[0]):
             names = [n for n in self.names if n in trained]
-            opt = StackedOptimizer(cfg, {n: P[n] for n in names})
+            opt = StackedOptimizer(cfg, {n: stacked[n] for n in names})
             index, mask = self._schedule(jobs, list(range(epochs)), gens, offsets)
             active = (mask[:, :, 0]).sum(1).tolist()                         # clients still training, per step
             rows = mask.sum(2).amax(1).tolist()                              # real rows of the fullest batch, per step
-            for s, g in enumerate(active):
-                idx, m = index[s, :g, :rows[s]].to(dev), mask[s, :g, :rows[s]].to(dev)   # padding is at the end
-                params = {n: P[n][:g].detach().requires_grad_(n in trained) for n in self.names}   # views of P
-                logits, aux, _ = stacked_forward(self.model, params, X[idx], m)     # (g, B, classes), (g,)
+            for s, n_active in enumerate(active):                           # clients [:n_active] take step s
+                idx = index[s, :n_active, :rows[s]].to(dev)                      # padding is at the end
+                m = mask[s, :n_active, :rows[s]].to(dev)
+                params = {n: stacked[n][:n_active].detach().requires_grad_(n in trained)   # views of stacked
+                          for n in self.names}
+                logits, aux, _ = stacked_forward(self.model, params, X[idx], m)     # (n_active, B, classes)
                 ce = F.cross_entropy(logits.flatten(0, 1), Y[idx].flatten(), reduction="none").view(m.shape)
-                loss = torch.where(m, ce, 0.0).sum(1) / m.sum(1) + aux                # (g,) each client's mean
+                loss = torch.where(m, ce, 0.0).sum(1) / m.sum(1) + aux         # (n_active,) each client's mean
                 if prox:                                                              # (mu / 2) ||w - centre||^2
-                    loss = loss + 0.5 * mu[:g] * sum(((params[n] - centre[n][:g]) ** 2).flatten(1).sum(1)
-                                                     for n in names)
+                    loss = loss + 0.5 * mu[:n_active] * sum(((params[n] - centre[n][:n_active]) ** 2).flatten(1).sum(1)
+                                                            for n in names)
                 grads = torch.autograd.grad(loss.sum(), [params[n] for n in names])
-                opt.step(g, dict(zip(names, grads)))
-                loss_sum[:g] += loss.detach()
-                steps[:g] += 1
+                opt.step(n_active, dict(zip(names, grads)))
+                loss_sum[:n_active] += loss.detach()
+                steps[:n_active] += 1
         mean_loss = (loss_sum / steps.clamp(min=1)).tolist()
-        return [({n: P[n][g].detach() for n in self.names}, mean_loss[g]) for g in range(G)]   # rows of P: views
+        return [({n: stacked[n][g].detach() for n in self.names}, mean_loss[g]) for g in range(G)]   # views
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -154,7 +156,7 @@ class StackedTrainer(Trainer):
         for start in range(0, len(items), per):
             chunk = items[start:start + per]
             G, n_max = len(chunk), max(len(y) for _, _, y in chunk)
-            P = {n: torch.stack([s[n] for s, _, _ in chunk]).to(dev) for n in self.names}
+            stacked = {n: torch.stack([s[n] for s, _, _ in chunk]).to(dev) for n in self.names}
             loss_sum = torch.zeros(G, dtype=torch.float64, device=dev)
             correct = torch.zeros(G, dtype=torch.long, device=dev)
             counts = torch.zeros(G, E, dtype=torch.long, device=dev)
@@ -171,7 +173,7 @@ class StackedTrainer(Trainer):
                 for g, (xg, yg) in enumerate(zip(xs, ys)):
                     x[g, :len(yg)], y[g, :len(yg)], m[g, :len(yg)] = xg, yg, True
                 x, y, m = x.to(dev), y.to(dev), m.to(dev)
-                logits, _, routed = stacked_forward(self.model, P, x, m)
+                logits, _, routed = stacked_forward(self.model, stacked, x, m)
                 ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(m.shape)
                 loss_sum += torch.where(m, ce, 0.0).sum(1)
                 correct += ((logits.argmax(-1) == y) & m).sum(1)
@@ -192,9 +194,9 @@ class StackedTrainer(Trainer):
         Per row: its cross-entropy, whether it is correct, and the k experts its one token was routed to
         (``layer.routing.indices`` (R, k): the CNN and MLP route one token per row). Segment sums over the
         rows' client ids then give each client's mean loss, accuracy and routed counts, what ``evaluate``
-        gives on that client alone. Images go channels-last: the module's convolutions then run as fast as
-        ``stacked_forward`` with G=1 (default CNN, 1,280 rows, one thread: within 3%, and 30% faster than
-        NCHW), and unlike it the module keeps the per-token routing, so the counts need no second pass.
+        gives on that client alone. Images go channels-last (the faster layout for CPU
+        convolutions), and unlike ``stacked_forward`` the module keeps the per-token
+        routing, so the counts need no second pass.
         """
         if self.why_not is not None:
             return super().evaluate_shared(state, items)
@@ -231,12 +233,13 @@ class StackedTrainer(Trainer):
 
 
 class StackedOptimizer:
-    """Adam or SGD (``config.optimizer``) on stacked parameters, updating clients [:g] only, as torch.optim does.
+    """Adam or SGD (``config.optimizer``) on stacked parameters, updating clients [:n_active] only, as torch.optim
+    does.
 
     One instance per phase (a fresh optimizer, as ``Trainer.train`` makes one per phase). Every client still
     training has taken the same number of steps (the prefix rule), so one step count serves them all. Adam is
-    torch's fused kernel (``torch.optim.Adam(fused=True)``'s: one pass over memory, five times faster here
-    than the single-tensor loop the reference runs, equal within float rounding); SGD is written out.
+    torch's fused kernel (``torch.optim.Adam(fused=True)``'s: one pass over memory, equal to the single-tensor
+    loop the reference runs within float rounding); SGD is written out.
     """
 
     def __init__(self, config, params: dict[str, Tensor]) -> None:
@@ -245,19 +248,19 @@ class StackedOptimizer:
         self.v = {n: torch.zeros_like(p) for n, p in params.items()} if config.optimizer == "adam" else {}
 
     @torch.no_grad()
-    def step(self, g: int, grads: dict[str, Tensor]) -> None:
+    def step(self, n_active: int, grads: dict[str, Tensor]) -> None:
         cfg = self.cfg
         self.t += 1
         names = list(grads)
         if cfg.optimizer == "adam":
             steps = [torch.tensor(float(self.t)) for _ in names]
-            torch._fused_adam_([self.params[n][:g] for n in names], [grads[n].contiguous() for n in names],
-                               [self.m[n][:g] for n in names], [self.v[n][:g] for n in names], [], steps,
+            torch._fused_adam_([self.params[n][:n_active] for n in names], [grads[n].contiguous() for n in names],
+                               [self.m[n][:n_active] for n in names], [self.v[n][:n_active] for n in names], [], steps,
                                lr=cfg.lr, beta1=0.9, beta2=0.999, weight_decay=cfg.weight_decay, eps=1e-8,
                                amsgrad=False, maximize=False)
             return
         for n in names:                                                   # torch.optim.SGD
-            p, m, grad = self.params[n][:g], self.m[n][:g], grads[n]
+            p, m, grad = self.params[n][:n_active], self.m[n][:n_active], grads[n]
             if cfg.weight_decay != 0:
                 grad = grad.add(p, alpha=cfg.weight_decay)
             if cfg.momentum != 0:
