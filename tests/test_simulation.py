@@ -109,7 +109,7 @@ def test_p2p_graph_matches_ledger(spied):
     p2p = ledger[(ledger["channel"] == "p2p") & ledger["accepted"]]
     for rnd in (None, 1):
         rows = p2p if rnd is None else p2p[p2p["round"] == rnd]
-        g = p2p_graph(ledger, round=rnd)
+        g = p2p_graph(ledger, rnd=rnd)
         assert set(g.edges) == set(zip(rows["src"], rows["dst"]))
         for (src, dst), part in rows.groupby(["src", "dst"]):
             assert g.edges[src, dst]["bytes"] == part["bytes"].sum()

@@ -152,23 +152,23 @@ class CommLedger:
     def num_rejections(self) -> int:
         return len(self.rejected)
 
-    def record(self, round: int, src: int, dst: int, channel: str, group: str, tensors: dict[str, Tensor],
+    def record(self, rnd: int, src: int, dst: int, channel: str, group: str, tensors: dict[str, Tensor],
                accepted: bool = True) -> None:
         """A transfer of ``tensors`` (sized by ``payload_size``)."""
-        self.add(round, src, dst, channel, group, *payload_size(tensors), accepted)
+        self.add(rnd, src, dst, channel, group, *payload_size(tensors), accepted)
 
-    def add(self, round: int, src: int, dst: int, channel: str, group: str, numel: int, nbytes: int,
+    def add(self, rnd: int, src: int, dst: int, channel: str, group: str, numel: int, nbytes: int,
             accepted: bool = True) -> None:
         """A transfer of ``numel`` elements in ``nbytes`` bytes."""
         if channel not in CHANNELS:
             raise ValueError(f"channel={channel!r} is invalid: must be one of {', '.join(CHANNELS)}")
         c = self.rows.columns
-        self.rows.append((round, src, dst, c["channel"].code(channel), c["group"].code(group), numel, nbytes,
+        self.rows.append((rnd, src, dst, c["channel"].code(channel), c["group"].code(group), numel, nbytes,
                           bool(accepted)))
 
-    def reject(self, round: int, src: int, dst: int, channel: str, group: str, reason: str) -> None:
+    def reject(self, rnd: int, src: int, dst: int, channel: str, group: str, reason: str) -> None:
         c = self.rejected.columns
-        self.rejected.append((round, src, dst, c["channel"].code(channel), c["group"].code(group),
+        self.rejected.append((rnd, src, dst, c["channel"].code(channel), c["group"].code(group),
                               c["reason"].code(reason)))
 
     def to_frame(self, start: int = 0) -> pd.DataFrame:

@@ -75,14 +75,14 @@ def fetch_plan(rows: ClientRows, client: int, present: set[int]) -> list[tuple[i
     return [(p, s) for p, s in rows.sources() if p != client and p in present]
 
 
-def p2p_graph(ledger: pd.DataFrame, round: int | None = None) -> nx.DiGraph:
+def p2p_graph(ledger: pd.DataFrame, rnd: int | None = None) -> nx.DiGraph:
     """Who fetched what from whom: edge peer -> client with ``bytes`` and ``experts`` (fetch count).
 
-    Built from the ledger's accepted p2p rows of ``round`` (all rounds if None).
+    Built from the ledger's accepted p2p rows of round ``rnd`` (all rounds if None).
     """
     rows = ledger[(ledger["channel"] == "p2p") & ledger["accepted"]]
-    if round is not None:
-        rows = rows[rows["round"] == round]
+    if rnd is not None:
+        rows = rows[rows["round"] == rnd]
     g = nx.DiGraph()
     for (src, dst), part in rows.groupby(["src", "dst"]):
         g.add_edge(int(src), int(dst), bytes=int(part["bytes"].sum()), experts=len(part),
