@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from fedmoe_da.reproduce import BAND_SE, MIN_SEED_STD, band, check
+from fedmoe_da.reproduce import BAND_SE, MIN_SEED_STD, P2P_REL, band, check
 
 
 def table(**changes) -> pd.DataFrame:
@@ -47,10 +47,17 @@ def test_a_narrow_seed_std_gets_the_floor():
     assert problems == []
 
 
-@pytest.mark.parametrize("col, value", [("p2p_MB", 274.713396), ("server_MB", 409.8), ("seeds", 2)])
+@pytest.mark.parametrize("col, value", [("server_MB", 409.700001), ("seeds", 2)])
 def test_integer_data_must_be_equal(col, value):
     _, problems = check(table(), table(**{f"fedmoe_da__{col}": value}))
     assert len(problems) == 1 and problems[0].startswith(f"fedmoe_da: {col} is ")
+
+
+@pytest.mark.parametrize("factor, ok", [(1 + 0.99 * P2P_REL, True), (1 - 0.99 * P2P_REL, True),
+                                        (1 + 1.01 * P2P_REL, False)])
+def test_peer_to_peer_bytes_within_their_relative_band(factor, ok):
+    _, problems = check(table(), table(fedmoe_da__p2p_MB=274.713392 * factor))
+    assert (problems == []) is ok
 
 
 def test_strategies_missing_on_either_side_are_named():
