@@ -75,7 +75,7 @@ def run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def line(stdout: str, prefix: str) -> dict:
-    return json.loads(next(l for l in stdout.splitlines() if l.startswith(prefix))[len(prefix):])
+    return json.loads(next(text for text in stdout.splitlines() if text.startswith(prefix))[len(prefix):])
 
 
 def ledger_bytes(folder: Path) -> int:

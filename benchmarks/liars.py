@@ -67,7 +67,8 @@ def main() -> None:
                     row = run_one(base, strategy, clients, liars, attack, defence)
                     rows.append(row)
                     print(f"{strategy:9s} {clients:2d} clients {liars} liars {row['attack']:14s} {defence:6s} "
-                          f"{row['seconds']:5.1f} s  rejected {row['rejected_from_liars']}/{row['rejected_from_honest']}",
+                          f"{row['seconds']:5.1f} s  rejected "
+                          f"{row['rejected_from_liars']}/{row['rejected_from_honest']}",
                           flush=True)
 
     table = []

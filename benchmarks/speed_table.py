@@ -55,7 +55,8 @@ def table() -> str:
          + " | `engines/` (`python benchmarks/engines.py"
          + (f" --before {before}" if before else "") + "`) |",),
     ]
-    for name, label in (("vs_flower/vs_flower.json", "one thread"), ("vs_flower/threads2/vs_flower.json", "two threads")):
+    for name, label in (("vs_flower/vs_flower.json", "one thread"),
+                        ("vs_flower/threads2/vs_flower.json", "two threads")):
         path = RESULTS / name
         if not path.exists():
             continue

@@ -1,6 +1,7 @@
 """This package's simulator against Flower's simulation engine on the same workload: seconds per round.
 
-    python3 -m venv .venv-flower && .venv-flower/bin/pip install torch==2.13.0 && .venv-flower/bin/pip install -e ".[flower]"
+    python3 -m venv .venv-flower && .venv-flower/bin/pip install torch==2.13.0 \\
+        && .venv-flower/bin/pip install -e ".[flower]"
     .venv-flower/bin/python benchmarks/vs_flower.py                           # 20 and 100 clients, 5 rounds, 2 repeats
     .venv-flower/bin/python benchmarks/vs_flower.py --clients 20 --rounds 3 --repeats 1 --engine stacked loop
     .venv-flower/bin/python benchmarks/vs_flower.py --threads 2 --out /tmp/vs_flower_t2   # this package on 2 threads
@@ -122,7 +123,8 @@ def _client_env(config_json: str) -> dict:
 
 
 def flower_train(msg, context):
-    """Flower ClientApp train: client ``partition-id`` trains from the round's global model with the package's Trainer."""
+    """Flower ClientApp train: client ``partition-id`` trains from the round's global model with the package's
+    Trainer."""
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
     from fedmoe_da import seeds
@@ -312,7 +314,8 @@ def main() -> None:
                 for side, engine in sides[:-1]:
                     diff = {key: max_abs_diff(saved[(side, engine)], flower, key) for key in ("round1", "final")}
                     runs[-len(sides) + sides.index((side, engine))].update(
-                        {"round1_max_abs_diff_vs_flower": diff["round1"], "final_max_abs_diff_vs_flower": diff["final"]})
+                        {"round1_max_abs_diff_vs_flower": diff["round1"],
+                         "final_max_abs_diff_vs_flower": diff["final"]})
                     print(f"     global model, {engine} vs Flower: max |diff| {diff['round1']:.1e} after round 1, "
                           f"{diff['final']:.1e} after round {args.rounds} (Adam amplifies rounding differences)")
     df = pd.DataFrame(runs)

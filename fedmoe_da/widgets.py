@@ -60,7 +60,8 @@ class Explorer:
             plt.close(fig)
         self.last, self.state, self.draws = (fig, ax, df), values, self.draws + 1
         marker = state_marker(values)
-        self.status.value = f'<span class="fedmoe-drawn" data-state="{html.escape(marker)}">drawn: {html.escape(marker)}</span>'
+        self.status.value = (f'<span class="fedmoe-drawn" data-state="{html.escape(marker)}">'
+                             f'drawn: {html.escape(marker)}</span>')
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -54,12 +54,14 @@ grid = {"P": P_VALUES, "tau": TAU_VALUES, "I": I_VALUES, "proxy": PROXIES, "sync
 at = {"sync": {"I": SYNC_AT_I}}
 if SMOKE:
     base = base.smoke()
-    grid = {"P": [0, 3], "tau": [0.03, 0.1], "I": [1, 2], "proxy": ["gate", "domain"], "sync": ["every_round", "refresh"]}
+    grid = {"P": [0, 3], "tau": [0.03, 0.1], "I": [1, 2], "proxy": ["gate", "domain"],
+            "sync": ["every_round", "refresh"]}
     at = {"sync": {"I": 2}}
 else:
     base = base.replace(out=f"{RUNS_DIR}/sensitivity")
 base.validate()
-print("base:", {k: getattr(base, k) for k in ("num_clients", "max_samples", "rounds", "P", "tau", "I", "proxy", "sync")})
+print("base:", {k: getattr(base, k)
+                for k in ("num_clients", "max_samples", "rounds", "P", "tau", "I", "proxy", "sync")})
 
 # %% [markdown]
 # ## The points of the sweep

@@ -18,10 +18,12 @@
 # | op | in | out | what it moves |
 # |---|---|---|---|
 # | `topk_softmax` | logits (T, E) | weights (T, k) fp32, indices (T, k) | one read of the logits |
-# | `routing_index` | indices (T, k) | counts (E,), offsets (E+1,), token_of (T·k,), pos_of (T, k) | only indices: where each assignment goes |
+# | `routing_index` | indices (T, k) | counts (E,), offsets (E+1,), token_of (T·k,), pos_of (T, k) | only indices |
 # | `permute` | x (T, d) | x_perm (T·k, d) | every token row, gathered k times into expert order |
 # | experts | x_perm | y_perm (T·k, d_out) | one two-layer MLP per expert on its contiguous block (the grouped matmul) |
 # | `combine` | y_perm, weights | y (T, d_out) | y[t] = Σ_j w[t, j] · y_perm[pos_of[t, j]] |
+#
+# `routing_index` moves only indices: it works out where each assignment goes.
 #
 # The library has three implementations behind one switch (`fedmoe_da/moe/backend.py`):
 # `torch` (`moe/reference.py`, sort-based, readable, the oracle), `dense`
@@ -59,6 +61,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 import fedmoe_da
 from fedmoe_da import viz

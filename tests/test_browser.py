@@ -30,7 +30,8 @@ CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/lib/chromium-browser/chrom
 INSTALL = "apt-get install -y chromium && pip install -e '.[notebooks]'"
 NOTEBOOK = ROOT / "notebooks" / "02_data.py"
 SLIDER, KEY, PRESSES = "purity", "ArrowLeft", 3   # its partition explorer (domain partition): purity 0.9 -> 0.75
-DRAW_TIMEOUT_S = 90  # page requested -> the explorer drawn: the whole notebook runs first (SMOKE: ~15 s on a quiet machine)
+# page requested -> the explorer drawn: the whole notebook runs first (SMOKE: ~15 s on a quiet machine)
+DRAW_TIMEOUT_S = 90
 
 
 def chromium() -> str | None:
@@ -79,7 +80,8 @@ def voila_server(folder: Path):
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     log = (folder / "voila.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "voila", notebook.name, "--no-browser", f"--port={port}",
-                             "--Voila.ip=127.0.0.1", f"--VoilaExecutor.timeout={DRAW_TIMEOUT_S}", "--show_tracebacks=True"],
+                             "--Voila.ip=127.0.0.1", f"--VoilaExecutor.timeout={DRAW_TIMEOUT_S}",
+                             "--show_tracebacks=True"],
                             cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -136,7 +138,8 @@ def drawn(state: str) -> dict[str, str]:
 # slider's readout (what the browser holds, also after the last key press) up to the readout's printed digits.
 SETTLED = """([box, before]) => {
     const state = box.querySelector('.fedmoe-drawn').dataset.state;
-    const drawn = Object.fromEntries(state.split(', ').map(kv => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    const drawn = Object.fromEntries(state.split(', ').map(
+        kv => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
     const agree = [...box.querySelectorAll('.widget-slider')].every(slider => {
         const name = slider.querySelector('.widget-label').textContent.trim();
         const readout = slider.querySelector('.widget-readout').textContent.trim();

@@ -54,7 +54,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def stop_at(monkeypatch, rnd: int, point: str) -> None:
-    """Raise Stop in round ``rnd``: 'appended' after its history rows (checkpoint still rnd-1), 'saved' after its checkpoint."""
+    """Raise Stop in round ``rnd``: 'appended' after its history rows (checkpoint still rnd-1), 'saved' after its
+    checkpoint."""
     if point == "appended":
         append = RunFolder.append
 
@@ -167,7 +168,8 @@ def test_resume_refusals_are_one_line(tmp_path, monkeypatch, capsys):
     never, run = tmp_path / "never", tmp_path / "run"
     with monkeypatch.context() as m:
         stop_at(m, 2, "appended")
-        for cfg in (smoke(strategy="fedavg", checkpoint_every=0, out=str(never)), smoke(strategy="fedavg", out=str(run))):
+        for cfg in (smoke(strategy="fedavg", checkpoint_every=0, out=str(never)),
+                    smoke(strategy="fedavg", out=str(run))):
             with pytest.raises(Stop):
                 sim.simulate(cfg)
 

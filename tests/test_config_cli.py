@@ -23,8 +23,17 @@ import torch
 
 from fedmoe_da import cli, simulate
 from fedmoe_da import config as config_module
-from fedmoe_da.config import (COMPARE_STRATEGIES, DATASETS, DIGIT_DOMAINS, DOMAINS, STRATEGIES, ConfigError, ExperimentConfig,
-                              describe_fields, reference_table)
+from fedmoe_da.config import (
+    COMPARE_STRATEGIES,
+    DATASETS,
+    DIGIT_DOMAINS,
+    DOMAINS,
+    STRATEGIES,
+    ConfigError,
+    ExperimentConfig,
+    describe_fields,
+    reference_table,
+)
 from fedmoe_da.results import folder_name
 from fedmoe_da.rules import Bool, Choice
 
@@ -137,7 +146,8 @@ def test_more_clients_than_samples_is_config_error():
 
 
 def test_defaults_and_smoke_are_valid_and_round_trip():
-    for config in (ExperimentConfig(), ExperimentConfig().smoke(), ExperimentConfig(dataset="digits", domains=("rotate", "blur"))):
+    for config in (ExperimentConfig(), ExperimentConfig().smoke(),
+                   ExperimentConfig(dataset="digits", domains=("rotate", "blur"))):
         assert config.validate() is config
         assert ExperimentConfig.from_dict(config.to_dict()) == config
         assert ExperimentConfig.from_dict(json.loads(config.to_json())) == config
@@ -230,7 +240,8 @@ def test_flags_aliases_and_types(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = cli._parser().parse_args([
         "run", "--clients", "3", "--P", "2", "--tau", "0.5", "--I", "2", "--no-progress", "--out", "o",
-        "--dataset", "digits", "--domains", "rotate,blur", "--max-samples", "none", "--capacity-factor", "1.5", "--min-correlation", "0",
+        "--dataset", "digits", "--domains", "rotate,blur", "--max-samples", "none", "--capacity-factor", "1.5",
+        "--min-correlation", "0",
         "--fedmoe-backbone", "local", "--proxy", "gate_delta", "--seed", "9223372036854775807", "--threads", "2"])
     config, _ = cli._config(args)
     assert (config.num_clients, config.P, config.tau, config.I) == (3, 2, 0.5, 2)

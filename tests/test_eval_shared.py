@@ -2,7 +2,8 @@
 its oracle, ``Trainer.evaluate`` one client at a time.
 
 The clients' test sets are unequal, one is empty and, with ``EVAL_ROWS`` made small, the larger ones are split
-across slices and slices hold several clients. In float64, loss agrees to rounding (1e-9 on any CPU); accuracy and routed counts exactly.
+across slices and slices hold several clients. In float64, loss agrees to rounding (1e-9 on any CPU); accuracy and
+routed counts exactly.
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ def test_channel_bytes_are_the_summaries_mean_over_seeds(runs):
     for strategy in ("fedmoe_da", "fedavg"):
         mine = [r for r in runs if r.config.strategy == strategy]
         assert len(mine) == 2
-        for channel, key in (("server-up", "server_up_bytes"), ("server-down", "server_down_bytes"), ("p2p", "p2p_bytes")):
+        for channel, key in (("server-up", "server_up_bytes"), ("server-down", "server_down_bytes"),
+                             ("p2p", "p2p_bytes")):
             assert df[(strategy, channel)] == pytest.approx(sum(r.summary[key] for r in mine) / 2 / 1e6)
     assert df[("fedavg", "p2p")] == 0 and df[("fedmoe_da", "p2p")] > 0
 

@@ -316,5 +316,6 @@ def test_diagnostics_purity_leaves_out_rows_without_inter_client_weight():
 
 def test_diagnostics_chance_is_over_the_rows_purity_is_over():
     got = matrix_diagnostics(torch.tensor(BLIND_WHERE_ANY, dtype=torch.float32), [0, 1, 2], 1, [0, 0, 1])
-    assert got["purity_chance"] == pytest.approx(got["domain_purity"])   # 0.5 (both over the rows with inter-client weight)
+    # 0.5 (both over the rows with inter-client weight)
+    assert got["purity_chance"] == pytest.approx(got["domain_purity"])
     check_diagnostics(BLIND_WHERE_ANY, [0, 1, 2], 1, [0, 0, 1])

@@ -243,7 +243,8 @@ def test_all_equal_logits_route_to_lowest_indices(k):
         layer.gate.weight.zero_()
     layer(torch.randn(6, 5, dtype=torch.float64))
     assert layer.routing.indices.tolist() == [list(range(k))] * 6
-    torch.testing.assert_close(layer.routing.weights, torch.full((6, k), 1.0 / k, dtype=torch.float64))   # fp64 model: fp64 routing
+    # fp64 model: fp64 routing
+    torch.testing.assert_close(layer.routing.weights, torch.full((6, k), 1.0 / k, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

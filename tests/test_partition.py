@@ -202,7 +202,8 @@ def test_assign_test_is_proportional_to_training_counts():
 @pytest.fixture(scope="module")
 def plain_and_domains():
     """The same split built twice: once all 'original', once with every domain (same seed)."""
-    plain = data.build(ExperimentConfig(dataset="digits", max_samples=None, test_fraction=0.25, domains=("original",), seed=3))
+    plain = data.build(ExperimentConfig(dataset="digits", max_samples=None, test_fraction=0.25, domains=("original",),
+                                        seed=3))
     multi = data.build(ExperimentConfig(dataset="digits", max_samples=None, test_fraction=0.25, seed=3))
     return plain, multi
 

@@ -120,7 +120,8 @@ def test_cifar_round_trip_and_channel_order(tmp_path, rng):
     train = [written[f"data_batch_{i}"] for i in range(1, 6)]
     rows = np.concatenate([r for r, _ in train])
     labels = [v for _, ls in train for v in ls]
-    for x, y, (r, ls) in [(data.x_train, data.y_train, (rows, labels)), (data.x_test, data.y_test, written["test_batch"])]:
+    for x, y, (r, ls) in [(data.x_train, data.y_train, (rows, labels)),
+                          (data.x_test, data.y_test, written["test_batch"])]:
         assert y.tolist() == ls
         ref = np.zeros((len(r), 3, 32, 32), dtype=np.uint8)
         for n in range(len(r)):                     # row = R plane, G plane, B plane, each 32x32 row-major

@@ -200,7 +200,8 @@ def test_without_the_screen_the_liars_experts_get_in():
 
 
 def test_p2p_screen_in_a_simulation_records_every_rejection():
-    result = simulate(smoke(strategy="fedmoe_da", p2p_screen=2.0, rounds=3), InProcessTransport(tamper=noise_from({1}, "expert")))
+    result = simulate(smoke(strategy="fedmoe_da", p2p_screen=2.0, rounds=3),
+                      InProcessTransport(tamper=noise_from({1}, "expert")))
     ledger, rej = result.ledger, result.rejections
     bad = ledger[~ledger["accepted"]]
     assert len(bad) > 0 and set(bad["src"]) == {1} and set(bad["channel"]) == {"p2p"}

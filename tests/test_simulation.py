@@ -146,7 +146,8 @@ def test_same_seed_same_run_other_seed_other_run():
 # --------------------------------------------------------------------------- robustness
 def _finite_where_tested(history: pd.DataFrame) -> bool:
     tested = history[history["n_test"] > 0]
-    return bool(tested["personalised_accuracy"].map(math.isfinite).all() and tested["test_loss"].map(math.isfinite).all())
+    return bool(tested["personalised_accuracy"].map(math.isfinite).all()
+                and tested["test_loss"].map(math.isfinite).all())
 
 
 @pytest.mark.parametrize("attack", ["nan", "inf", "shape"])

@@ -190,7 +190,8 @@ def test_send_stacked_is_send_one_after_another():
     for t in range(6):
         payload = {batch.key(t, n): x[t] for n, x in tensors.items()}
         expect = {batch.key(t, n): x.shape[1:] for n, x in tensors.items()}
-        row_screen = lambda got, t=t: screen({n: got[batch.key(t, n)][None] for n in tensors}, torch.tensor([t]))[0]
+        def row_screen(got, t=t):
+            return screen({n: got[batch.key(t, n)][None] for n in tensors}, torch.tensor([t]))[0]
         ref.append(single.send(7, batch.src[t], batch.dst[t], "p2p", batch.group[t], payload, expect, row_screen))
     assert accepted == [r is not None for r in ref]
     assert accepted[1] is False and accepted[2] is False and accepted[3] is False, "NaN, shape, screen"

@@ -376,11 +376,11 @@ def test_run_folder_holds_every_table(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == result.summary
 
     # aggregation.csv and matrices/: one row / one A per refresh (rounds 1 and 3) and layer
-    refreshes = [(r, l) for r in (1, 3) for l in (0, 1)]
+    refreshes = [(r, layer) for r in (1, 3) for layer in (0, 1)]
     assert list(zip(result.aggregation["round"], result.aggregation["layer"])) == refreshes
     saved = dict(RunFolder(out).matrices())
     kinds = ("A[{l}]", "gate[{l}]", "pool[{l}]")   # A, the uploaded gates it came from, the pool's clients
-    assert sorted(saved) == sorted(f"round{r}/" + k.format(l=l) for r, l in refreshes for k in kinds) \
+    assert sorted(saved) == sorted(f"round{r}/" + k.format(l=layer) for r, layer in refreshes for k in kinds) \
         == sorted(result.matrices)
     M = cfg.num_clients * cfg.num_experts
     for key, A in saved.items():

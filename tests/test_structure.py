@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import networkx as nx
+import pytest
 
 import fedmoe_da.data.digit_domains as digit_domains
 import fedmoe_da.data.partitioners as partitioners
@@ -65,8 +64,8 @@ def test_the_import_graph_has_no_circle():
 
 def test_the_layers_point_down():
     """config < data < moe < models < fl < results < viz < cli (docs/ARCHITECTURE.md §1)."""
-    order = ["fedmoe_da.rules", "fedmoe_da.config_files", "fedmoe_da.config", "fedmoe_da.seeds", "fedmoe_da.data", "fedmoe_da.moe",
-             "fedmoe_da.models", "fedmoe_da.fl", "fedmoe_da.results", "fedmoe_da.viz", "fedmoe_da.cli"]
+    order = ["fedmoe_da.rules", "fedmoe_da.config_files", "fedmoe_da.config", "fedmoe_da.seeds", "fedmoe_da.data",
+             "fedmoe_da.moe", "fedmoe_da.models", "fedmoe_da.fl", "fedmoe_da.results", "fedmoe_da.viz", "fedmoe_da.cli"]
     layer = lambda m: max((i for i, p in enumerate(order) if m == p or m.startswith(p + ".")), default=None)  # noqa: E731
     wrong = [(u, v) for u, v in import_graph().edges if layer(u) is not None and layer(v) is not None
              and layer(v) > layer(u)]

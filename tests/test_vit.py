@@ -5,7 +5,8 @@ from fedmoe_da import ExperimentConfig, models, simulate
 
 
 def _config(**kw) -> ExperimentConfig:
-    return ExperimentConfig(model="vit", moe_layers=2, progress=False, backend="torch", **kw).smoke().replace(moe_layers=2)
+    return ExperimentConfig(model="vit", moe_layers=2, progress=False, backend="torch",
+                            **kw).smoke().replace(moe_layers=2)
 
 
 def test_vit_routes_every_patch_token():

@@ -7,4 +7,5 @@ from .clients import ClientData, client_counts, client_table, partition
 from .datasets import MultiDomainDataset, build
 from .domains import DOMAIN_TRANSFORMS
 
-__all__ = ["MultiDomainDataset", "ClientData", "build", "partition", "client_counts", "client_table", "DOMAIN_TRANSFORMS"]
+__all__ = ["MultiDomainDataset", "ClientData", "build", "partition", "client_counts", "client_table",
+           "DOMAIN_TRANSFORMS"]

@@ -48,7 +48,9 @@ class MultiDomainDataset:
         return len(self.classes)
 
 
-def _load_raw(config: ExperimentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+def _load_raw(
+    config: ExperimentConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
     """(x, y) of the whole set, or also a given test split for real datasets."""
     if config.dataset == "digits":
         from sklearn.datasets import load_digits
@@ -137,7 +139,8 @@ def _build_transformed(config: ExperimentConfig) -> MultiDomainDataset:
     D = len(config.domain_names())
     d_tr = torch.from_numpy(rng.integers(0, D, size=len(y)))
     d_te = torch.from_numpy(rng.integers(0, D, size=len(y_test)))
-    x_tr = apply_domains(torch.from_numpy(x), d_tr, config.domain_names(), seed=seeds.integer_seed(config.seed, "transforms", 0))
+    x_tr = apply_domains(torch.from_numpy(x), d_tr, config.domain_names(),
+                         seed=seeds.integer_seed(config.seed, "transforms", 0))
     x_te = apply_domains(torch.from_numpy(x_test), d_te, config.domain_names(),
                          seed=seeds.integer_seed(config.seed, "transforms", 1))
     return MultiDomainDataset(config.dataset, x_tr, torch.from_numpy(y), d_tr, x_te, torch.from_numpy(y_test),

@@ -26,14 +26,17 @@ METRICS = ("final_acc", "worst10", "best_acc", "p2p_MB", "total_MB", "purity")
 """Columns of the sweep table the explorer offers (``results.comparison_table``'s names)."""
 
 
-def sweep_points(base: ExperimentConfig, grid: dict[str, list], at: dict[str, dict] | None = None) -> dict[tuple[str, Any], str]:
+def sweep_points(base: ExperimentConfig, grid: dict[str, list],
+                 at: dict[str, dict] | None = None) -> dict[tuple[str, Any], str]:
     """(knob, value) -> the ``compare`` entry that runs it: ``base.strategy`` plus the fields that differ from base."""
     at = at or {}
     if not grid or any(len(values) == 0 for values in grid.values()):
-        raise ConfigError(f"grid={grid!r} is invalid: must map each knob (a config field) to a non-empty list of values")
+        raise ConfigError(f"grid={grid!r} is invalid: "
+                          "must map each knob (a config field) to a non-empty list of values")
     stray = sorted(set(at) - set(grid))
     if stray:
-        raise ConfigError(f"at names knob {stray[0]!r}, which is not in the grid: the grid's knobs are {', '.join(grid)}")
+        raise ConfigError(f"at names knob {stray[0]!r}, which is not in the grid: "
+                          f"the grid's knobs are {', '.join(grid)}")
     points = {}
     for knob, values in grid.items():
         for value in values:

@@ -1,4 +1,5 @@
-"""Federated learning: client states and training, strategies, aggregation math, P2P plan, transport + ledger, the runner."""
+"""Federated learning: client states and training, strategies, aggregation math, P2P plan, transport + ledger,
+the runner."""
 from .aggregation import aggregate_experts, aggregation_matrix, correlation, drop_absent, fedavg
 from .p2p import p2p_graph
 from .simulation import simulate

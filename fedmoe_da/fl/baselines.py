@@ -7,7 +7,7 @@
 | fedprox  | server   | server                  | + (mu/2) ||w - w_global||^2 |
 | fedper   | server   | local (personal head)   | plain          |
 | fedrep   | server   | local (personal head)   | head first (body frozen), then body (head frozen) |
-| ditto    | server (global) + personal copy of everything | | global: plain; personal: + (lambda/2) ||v - w_global||^2 |
+| ditto    | server (global) + full personal copy | | global: plain; personal: + (lambda/2) ||v - w_global||^2 |
 
 "Head" here is every group but the backbone: the MoE layer(s) and, for the
 ViT, its classifier. For the CNN and MLP the MoE layer *is* the head, so

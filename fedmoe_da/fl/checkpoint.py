@@ -115,7 +115,8 @@ def check(config: ExperimentConfig) -> RunFolder:
     if problem:
         raise ConfigError(f"{where} cannot be resumed with this config: {problem}")
     if not folder.finished() and not folder.has_checkpoint():
-        raise ConfigError(f"{where} cannot be resumed: it has no {CHECKPOINT} (checkpoint_every={config.checkpoint_every}, "
+        raise ConfigError(f"{where} cannot be resumed: it has no {CHECKPOINT} "
+                          f"(checkpoint_every={config.checkpoint_every}, "
                           f"or stopped while setting up); start it again with fedmoe-da run --config "
                           f"{folder.path / CONFIG}")
     return folder

@@ -45,7 +45,8 @@ from .matrices import Matrices
 from .summary import SimulationResult
 from .transport import LEDGER_COLUMNS, REJECTION_COLUMNS
 
-CONFIG, CLIENTS, HISTORY, LEDGER, REJECTIONS = "config.json", "clients.csv", "history.csv", "ledger.csv", "rejections.csv"
+CONFIG, CLIENTS, HISTORY = "config.json", "clients.csv", "history.csv"
+LEDGER, REJECTIONS = "ledger.csv", "rejections.csv"
 AGGREGATION, MATRICES, SUMMARY, CHECKPOINT = "aggregation.csv", "matrices", "summary.json", "checkpoint.pt"
 DENSE_MATRICES = "matrices.npz"   # every refresh in one file, A dense: run folders written before matrices/
 APPENDED = (HISTORY, LEDGER, REJECTIONS, AGGREGATION)

@@ -109,7 +109,8 @@ class ClientState(MutableMapping):
     def __setitem__(self, name: str, value: Tensor) -> None:
         row = self.owner.stacked[name][self.k]
         if tuple(value.shape) != tuple(row.shape):
-            raise ValueError(f"client {self.k}: {name} has shape {tuple(value.shape)}, the state holds {tuple(row.shape)}")
+            raise ValueError(f"client {self.k}: {name} has shape {tuple(value.shape)}, "
+                             f"the state holds {tuple(row.shape)}")
         with torch.no_grad():
             row.copy_(value)
 

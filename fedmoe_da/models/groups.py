@@ -36,11 +36,11 @@ def param_groups(model: nn.Module) -> dict[str, list[ParamRef]]:
     """Group name -> the parameters it holds (see the module docstring)."""
     groups: dict[str, list[ParamRef]] = {BACKBONE: []}
     taken: set[str] = set()
-    for l, (prefix, layer) in enumerate(zip(moe_prefixes(model), model.moe_layers)):  # type: ignore[attr-defined]
-        groups[gate_group(l)] = [ParamRef(f"{prefix}.gate.weight")]
+    for index, (prefix, layer) in enumerate(zip(moe_prefixes(model), model.moe_layers)):  # type: ignore[attr-defined]
+        groups[gate_group(index)] = [ParamRef(f"{prefix}.gate.weight")]
         taken.add(f"{prefix}.gate.weight")
         for e in range(layer.num_experts):
-            groups[expert_group(l, e)] = [ParamRef(f"{prefix}.{p}", e) for p in layer.expert_param_names]
+            groups[expert_group(index, e)] = [ParamRef(f"{prefix}.{p}", e) for p in layer.expert_param_names]
         taken.update(f"{prefix}.{p}" for p in layer.expert_param_names)
     head = [ParamRef(n) for n, _ in model.named_parameters() if n.startswith(f"{HEAD}.")]
     if head:

@@ -94,7 +94,8 @@ def run_experts(
 
 @dataclass(frozen=True)
 class DispatchOps:
-    """The four ops of sort-based dispatch, one implementation each: ``TORCH_OPS`` here, ``TRITON_OPS`` in the kernels."""
+    """The four ops of sort-based dispatch, one implementation each: ``TORCH_OPS`` here, ``TRITON_OPS`` in the
+    kernels."""
 
     topk_softmax: Callable[..., tuple[Tensor, Tensor]]     # logits (T, E), k -> weights (T, k) fp32, indices (T, k)
     routing_index: Callable[[Tensor, int], RoutingIndex]   # indices (T, k), E -> RoutingIndex

@@ -69,7 +69,8 @@ def load_balance_loss(probs: Tensor, indices: Tensor, num_experts: int, mask: Te
 
 def z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """Router z-loss: mean over tokens of logsumexp(logits)^2 (keeps logits small); ``mask`` as in load_balance_loss."""
-    lse2 = torch.logsumexp(logits.to(routing_dtype(logits.dtype)), dim=-1).pow(2)                        # (..., T) leading dims: one loss each
+    # (..., T) leading dims: one loss each
+    lse2 = torch.logsumexp(logits.to(routing_dtype(logits.dtype)), dim=-1).pow(2)
     if mask is None:
         return lse2.mean(dim=-1)
     return torch.where(mask, lse2, 0.0).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
