@@ -16,16 +16,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from test_aggregation import close, ref_matrix, tiny_model  # the loop references of Eq. 8-10
 
 from fedmoe_da import models
-from fedmoe_da.config import ExperimentConfig
-from fedmoe_da.fl import InProcessTransport, aggregation_matrix
-from fedmoe_da.fl.aggregation import centre_by_slot, correlation, domain_proxies, matrix_diagnostics
+from fedmoe_da.fl import InProcessTransport, sparse_aggregation_matrix
+from fedmoe_da.fl.aggregation import correlation
+from fedmoe_da.fl.diagnostics import matrix_diagnostics
+from fedmoe_da.fl.proxies import centre_by_slot, domain_proxies
 from fedmoe_da.fl.simulation import initial_states
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import FedMoEDA
 from fedmoe_da.fl.transport import SERVER
-from test_aggregation import close, cos, ref_matrix, tiny_model  # the loop references of Eq. 8-10
+
+
+def aggregation_matrix(proxies, P, tau, min_correlation=None):
+    """A as a run computes it (the guard is not in the paper, so not in the dense reference), dense."""
+    return sparse_aggregation_matrix(proxies, P, tau, min_correlation).to_dense()
 
 E, N = 4, 3   # as in test_aggregation's tiny_model
 NUM_TRAIN = [10, 20, 30]
@@ -317,5 +323,6 @@ def test_diagnostics_purity_leaves_out_rows_without_inter_client_weight():
 
 def test_diagnostics_chance_is_over_the_rows_purity_is_over():
     got = matrix_diagnostics(torch.tensor(BLIND_WHERE_ANY, dtype=torch.float32), [0, 1, 2], 1, [0, 0, 1])
-    assert got["purity_chance"] == pytest.approx(got["domain_purity"])   # 0.5 (both over the rows with inter-client weight)
+    # 0.5 (both over the rows with inter-client weight)
+    assert got["purity_chance"] == pytest.approx(got["domain_purity"])
     check_diagnostics(BLIND_WHERE_ANY, [0, 1, 2], 1, [0, 0, 1])

@@ -22,7 +22,8 @@ from fedmoe_da import models, simulate
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl.aggregation import aggregation_matrix
-from fedmoe_da.fl.robust import coordinate_median, expert_screen, server_aggregate, trimmed_mean, upload_outliers
+from fedmoe_da.fl.robust import expert_screen, upload_outliers
+from fedmoe_da.fl.server_aggregation import coordinate_median, server_aggregate, trimmed_mean
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import FedAvg, FedMoEDA
 from fedmoe_da.fl.transport import SERVER
@@ -200,7 +201,8 @@ def test_without_the_screen_the_liars_experts_get_in():
 
 
 def test_p2p_screen_in_a_simulation_records_every_rejection():
-    result = simulate(smoke(strategy="fedmoe_da", p2p_screen=2.0, rounds=3), InProcessTransport(tamper=noise_from({1}, "expert")))
+    result = simulate(smoke(strategy="fedmoe_da", p2p_screen=2.0, rounds=3),
+                      InProcessTransport(tamper=noise_from({1}, "expert")))
     ledger, rej = result.ledger, result.rejections
     bad = ledger[~ledger["accepted"]]
     assert len(bad) > 0 and set(bad["src"]) == {1} and set(bad["channel"]) == {"p2p"}
