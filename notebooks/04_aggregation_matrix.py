@@ -199,7 +199,7 @@ plt.show()
 # %% [markdown]
 # ## The paper's gate proxy next to the others
 # The run folder keeps the gates, so A can be rebuilt with other proxies
-# (`config.proxy`; `fl/aggregation.py`):
+# (`config.proxy`; `fl/proxies.py`):
 #
 # * `gate`: the raw gate row (the paper);
 # * `gate_centred`: each row minus its slot's mean over the pool's clients,
