@@ -8,7 +8,7 @@ tamper hook changes the payload in flight; its own model stays honest):
     noise_backbone   its backbone upload becomes N(0, 1e3^2) noise
 
 Defences: ``off`` (today's defaults), ``screen`` (``p2p_screen=2``, ``upload_screen=2``:
-``fedmoe_da/fl/robust.py``), ``median`` (``server_aggregate="median"``, no screen).
+``fedmoe_da/fl/robust.py``), ``median`` (``server_aggregate="median"``, ``fl/server_aggregation.py``, no screen).
 Metric: the honest clients' mean personalised accuracy at the final round; ``drop`` is
 in points against the honest run without defences, over the same (honest) clients.
 

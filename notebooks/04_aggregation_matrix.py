@@ -26,7 +26,10 @@
 #
 # Here every step runs on the real proxies of the default FedMoE-DA run (the
 # one notebook 03 trained; its run folder keeps, for every refresh round, A,
-# the uploaded gates behind it and the pool).
+# the uploaded gates behind it and the pool), through the dense reference
+# functions of `fedmoe_da/fl/aggregation.py`: one line per equation, with the
+# equation written above it, to read beside the paper. The run itself uses
+# `fl/aggregation_scaled.py` (row blocks, a sparse A), tested against them.
 
 # %% tags=["parameters"]
 SMOKE = False             # papermill sets True in CI: a tiny run in seconds
@@ -45,7 +48,8 @@ from fedmoe_da import ExperimentConfig, viz
 from fedmoe_da.explorers.matrix import (PROXIES, describe, home_domains, matrix_explorer, plot_matrix_by_domain,
                                         proxies_of, purity_sweep, refresh_rounds, saved_gates)
 from fedmoe_da.figures import save_figure
-from fedmoe_da.fl.aggregation import TIE_TOLERANCE, aggregation_matrix, correlation, matrix_diagnostics
+from fedmoe_da.fl.aggregation import TIE_TOLERANCE, aggregation_matrix, correlation, selection, softmax_weights
+from fedmoe_da.fl.diagnostics import matrix_diagnostics
 from fedmoe_da.fl.run_folder import matrix_key
 from fedmoe_da.models.names import matrix_group
 from fedmoe_da.results import run_or_load
@@ -71,7 +75,7 @@ print(f"proxy={cfg.proxy}, P={cfg.P}, tau={cfg.tau}, refreshed every I={cfg.I} r
 # server does not know domains; we sort only to see whether R does).
 
 # %%
-R = correlation(gates)                              # (M, M), R_ii = 1
+R = correlation(gates)                              # Eq. 8: (M, M), R_ii = 1
 fig, ax, _ = plot_matrix_by_domain(R, pool, E, result.clients, "R = cos(gate row i, gate row j)", cmap="viridis")
 plt.show()
 
@@ -104,14 +108,17 @@ pd.Series({name: float(R[mask & off].mean()) for name, mask in kinds.items()}, n
 
 # %%
 P, tau = cfg.P, cfg.tau
+assert cfg.min_correlation is None, "the references are Eq. 9 as published, without the zero-correlation guard"
+S = selection(R, P)                                 # Eq. 9: (M, M) bool
+A = softmax_weights(R, S, tau)                      # Eq. 10: (M, M), rows sum to 1
 row = R[ROW]
 threshold = float(row.topk(min(P + 1, M)).values[-1])
 order = torch.argsort(row, descending=True)[:P + 4]
-A = aggregation_matrix(gates, P, tau, cfg.min_correlation)        # (M, M): Eq. 8-10 in one call
 names = result.clients.set_index("client")["home_domain_name"]
 pd.DataFrame({"client": client[order].tolist(), "slot": slot[order].tolist(),
               "domain": [names[int(k)] for k in client[order]], "R": row[order].numpy().round(4),
-              "kept (Eq. 9)": (row[order] >= threshold - TIE_TOLERANCE).tolist(),
+              "R >= threshold - TIE_TOLERANCE": (row[order] >= threshold - TIE_TOLERANCE).tolist(),
+              "kept (Eq. 9)": S[ROW, order].tolist(),
               "a (Eq. 10)": A[ROW, order].numpy().round(4)}, index=pd.Index(order.tolist(), name="j"))
 
 # %% [markdown]
@@ -137,20 +144,25 @@ pd.DataFrame([{"P": p, "non-zeros per row, gate": nnz_per_row(gates, p),
 
 # %%
 kept = torch.argsort(row, descending=True)[:P + 1]
-pd.DataFrame({f"tau={t:g}": aggregation_matrix(gates, P, t, cfg.min_correlation)[ROW, kept].numpy()
+pd.DataFrame({f"tau={t:g}": aggregation_matrix(gates, P, t)[ROW, kept].numpy()
               for t in (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)},
              index=pd.Index([f"j={j} (R={float(row[j]):.3f})" for j in kept], name=f"row {ROW}")).round(3)
 
 # %% [markdown]
 # ## A, as the server computed it
-# Recomputing Eq. 8-10 on the saved gates gives back exactly the A the run
-# used. Sorted by domain, a domain-aware A would be block-diagonal.
+# Eq. 8-10 of the references on the saved gates give back the A the run used
+# (the run keeps A's weights in float32: equal to that rounding). From here on
+# we read the run's own A. Sorted by domain, a domain-aware A would be
+# block-diagonal.
 # `matrix_diagnostics` says how close it is: its **domain purity** is the share
 # of each row's weight on *other clients* that goes to clients of the row's own
 # home domain, against the **chance** level a domain-blind A would get.
 
 # %%
-assert torch.equal(A, torch.as_tensor(result.matrices[matrix_key(last, matrix_group(0))]))
+run_A = torch.as_tensor(result.matrices[matrix_key(last, matrix_group(0))])       # (M, M) float32
+torch.testing.assert_close(A, aggregation_matrix(gates, P, tau))                 # Eq. 8-10 in one call
+torch.testing.assert_close(A.float(), run_A, rtol=0, atol=1e-7)
+A = run_A
 diag = matrix_diagnostics(A, pool, E, homes)
 fig, ax, A_sorted = plot_matrix_by_domain(A, pool, E, result.clients,
                                           f"A ({cfg.proxy}, P={P}, tau={tau:g}, round {last})\n{describe(diag)}")
@@ -187,7 +199,7 @@ plt.show()
 # %% [markdown]
 # ## The paper's gate proxy next to the others
 # The run folder keeps the gates, so A can be rebuilt with other proxies
-# (`config.proxy`; `fl/aggregation.py`):
+# (`config.proxy`; `fl/proxies.py`):
 #
 # * `gate`: the raw gate row (the paper);
 # * `gate_centred`: each row minus its slot's mean over the pool's clients,

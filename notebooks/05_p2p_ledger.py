@@ -28,12 +28,17 @@ RUNS_DIR = "runs/course"    # finished runs are cached here and read back by the
 SEED = 0
 
 # %%
+import tempfile
+
 import matplotlib.pyplot as plt
+import torch
 
 from fedmoe_da import ExperimentConfig, results, viz
 from fedmoe_da.explorers.p2p import p2p_explorer
 from fedmoe_da.figures import save_figure
-from fedmoe_da.models.names import group_kind
+from fedmoe_da.fl import InProcessTransport, simulate
+from fedmoe_da.fl.run_folder import RunFolder, matrix_key
+from fedmoe_da.models.names import expert_group, group_kind, matrix_group, pool_key
 
 if SMOKE:
     fedmoe = results.run_or_load(ExperimentConfig(seed=SEED, progress=False).smoke())
@@ -126,6 +131,51 @@ channels.pivot(index="strategy", columns="channel", values="MB").round(1)
 per_round = ledger.pivot_table(index="round", columns="channel", values="bytes", aggfunc="sum", fill_value=0) / 1e6
 ax = per_round.plot(marker=".", figsize=(6, 3.2), ylabel="MB per round", title="FedMoE-DA: MB per round and channel")
 plt.show()
+
+# %% [markdown]
+# ## Eq. 11 by hand, for one expert of one client
+# What a client does with its rows of A is the paper's Eq. 11, theta_i <- sum_j a_ij theta_j, over the
+# experts *as they were after local training* (before anyone applied Eq. 11). The run computes it in
+# `fl/aggregation_scaled.py` (two sparse products over many clients at once); here we redo it for one expert
+# with a plain sum and check that it gives what the run did. A short run (smoke sizes, two rounds) records,
+# through a transport that keeps a copy of every expert that travels peer to peer, the pre-Eq. 11 experts;
+# its A is in `matrices`, its final states in its checkpoint.
+
+# %%
+class Recorder(InProcessTransport):
+    """The in-process transport, keeping each P2P expert as sent: (round, peer, group) -> {tensor: (...)}."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent = {}
+
+    def send_stacked(self, round, channel, batch, screen=None):
+        for t, (src, group) in enumerate(zip(batch.src, batch.group)):
+            self.sent[(round, src, group)] = {n: v[t].clone() for n, v in batch.tensors.items()}
+        return super().send_stacked(round, channel, batch, screen)
+
+
+short_dir = tempfile.mkdtemp()
+recorder = Recorder()
+short = simulate(ExperimentConfig(seed=SEED, progress=False).smoke().replace(out=short_dir), transport=recorder)
+rnd, E = int(short.history["round"].max()), short.config.num_experts
+A_last = torch.as_tensor(short.matrices[matrix_key(rnd, matrix_group(0))])        # (M, M): the last round's A
+pool = short.matrices[matrix_key(rnd, pool_key(0))].tolist()                      # A's row order: (client, slot)
+after = RunFolder(short_dir).load_checkpoint()["states"]                          # every client after the run
+
+# the pre-Eq. 11 expert of every (peer, slot) that someone fetched in the last round
+before = {(src, group): tensors for (r, src, group), tensors in recorder.sent.items() if r == rnd}
+# one expert i = (k, e) whose row's sources all travelled (its own expert too: some peer fetched it)
+i = next(i for i in range(len(pool) * E)
+         if all((pool[j // E], expert_group(0, j % E)) in before for j in torch.nonzero(A_last[i]).flatten().tolist()))
+k, e = pool[i // E], i % E
+for name in before[(k, expert_group(0, e))]:
+    # Eq. 11: theta_i <- sum_j a_ij theta_j
+    by_hand = sum(float(A_last[i, j]) * before[(pool[j // E], expert_group(0, j % E))][name].double()
+                  for j in torch.nonzero(A_last[i]).flatten().tolist())
+    ran = after[k][name][e].double()
+    print(f"client {k}, slot {e}, {name}: max |by hand - run| = {float((by_hand - ran).abs().max()):.2e}")
+    torch.testing.assert_close(by_hand, ran, rtol=1e-5, atol=1e-6)
 
 # %% [markdown]
 # ## Explore

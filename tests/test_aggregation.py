@@ -1,4 +1,5 @@
-"""FedAvg and FedMoE-DA's aggregation (Eq. 8-11) against loop references, and the strategies end to end.
+"""FedAvg and the dense references of FedMoE-DA's Eq. 8-11 against loop references, and the strategies end to end
+(the scaled path against the dense references: test_aggregation_scaled.py).
 
 Reference of Eq. 8-10, written here pair by pair:
 
@@ -23,8 +24,8 @@ from hypothesis.extra.numpy import arrays
 from fedmoe_da import models
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport, aggregate_experts, aggregation_matrix, correlation, drop_absent, fedavg
-from fedmoe_da.fl.strategies import FedAvg, FedMoEDA, Local
 from fedmoe_da.fl.state import get_state
+from fedmoe_da.fl.strategies import FedAvg, FedMoEDA, Local
 from fedmoe_da.fl.transport import SERVER
 from fedmoe_da.models.names import parse_group
 
@@ -91,7 +92,7 @@ def test_matrix_is_row_stochastic_and_nonnegative(proxies, P, tau):
     A = aggregation_matrix(torch.from_numpy(proxies), P, tau)
     M = proxies.shape[0]
     assert A.shape == (M, M) and torch.all(A >= 0)
-    torch.testing.assert_close(A.sum(1), torch.ones(M), rtol=0, atol=1e-5)
+    torch.testing.assert_close(A.sum(1), torch.ones(M, dtype=torch.float64), rtol=0, atol=1e-12)
     assert torch.all(A.diagonal() >= A.max(1).values - 1e-6), "R_ii = 1 is the largest: a_ii is too"
     R = correlation(torch.from_numpy(proxies))                          # Eq. 8 (checked against loops above)
     top = R.topk(min(P + 1, M), dim=1).indices                          # (M, P + 1): selected when P > 0
@@ -105,9 +106,9 @@ def test_matrix_is_row_stochastic_and_nonnegative(proxies, P, tau):
 
 def test_p_zero_is_identity():
     proxies = torch.randn(7, 3)
-    assert torch.equal(aggregation_matrix(proxies, 0, 0.1), torch.eye(7))
+    assert torch.equal(aggregation_matrix(proxies, 0, 0.1), torch.eye(7, dtype=torch.float64))
     same = torch.ones(7, 3)                                            # even when all proxies tie
-    assert torch.equal(aggregation_matrix(same, 0, 0.1), torch.eye(7))
+    assert torch.equal(aggregation_matrix(same, 0, 0.1), torch.eye(7, dtype=torch.float64))
 
 
 def test_p_at_least_m_minus_one_gives_full_rows():
@@ -144,7 +145,8 @@ def test_small_tau_concentrates_on_the_best():
     assert B[0, [0, 8]].sum() > 0.999 and B[8, [0, 8]].sum() > 0.999
     assert B[0, 8] > 0.3 and B[8, 0] > 0.3, "the twin is as good as itself"
     A1 = aggregation_matrix(proxies, P=7, tau=0.5)
-    R = torch.nn.functional.normalize(proxies.double(), dim=1) @ torch.nn.functional.normalize(proxies.double(), dim=1).T
+    z = torch.nn.functional.normalize(proxies.double(), dim=1)
+    R = z @ z.T
     for i in range(8):                                                 # weights ordered as correlations
         order = torch.argsort(R[i], descending=True)
         assert torch.all(A1[i, order][:-1] >= A1[i, order][1:] - 1e-7)
@@ -334,8 +336,8 @@ def test_param_groups_hold_every_element_exactly_once(model):
     net = models.build(cfg, (1, 8, 8), 10)
     groups = models.param_groups(net)
     layers = 2 if model == "vit" else 1
-    want = {"backbone"} | {f"gate[{l}]" for l in range(layers)} | \
-           {f"expert[{l}][{e}]" for l in range(layers) for e in range(3)} | ({"head"} if model == "vit" else set())
+    want = {"backbone"} | {f"gate[{i}]" for i in range(layers)} | \
+           {f"expert[{i}][{e}]" for i in range(layers) for e in range(3)} | ({"head"} if model == "vit" else set())
     assert set(groups) == want
     count = {n: torch.zeros(p.shape, dtype=torch.int64) for n, p in net.named_parameters()}
     for g, group_refs in groups.items():
@@ -348,8 +350,8 @@ def test_param_groups_hold_every_element_exactly_once(model):
                 count[r.key][r.slot] += 1
     for n, c in count.items():
         assert torch.all(c == 1), f"{n}: held {sorted(set(c.flatten().tolist()))} times"
-    for l in range(layers):
-        (gate,) = groups[f"gate[{l}]"]
+    for i in range(layers):
+        (gate,) = groups[f"gate[{i}]"]
         assert dict(net.named_parameters())[gate.key].shape == (3, 8), "gate: (E, d)"
 
 
@@ -475,19 +477,18 @@ def test_local_strategy_sends_nothing():
     assert all(torch.equal(s[n], b[n]) for s, b in zip(states, before) for n in s)
 
 
-def test_row_blocks_give_the_same_matrix_and_diagnostics(monkeypatch):
-    """Eq. 8-10 and the diagnostics a few rows at a time (how 1,000-client pools fit in memory) equal one block."""
-    from fedmoe_da.fl import aggregation as agg
-
-    gen = torch.Generator().manual_seed(3)
-    proxies = torch.randn(24, 5, generator=gen)
-    proxies[7] = proxies[3]                                               # a tie
-    pool, homes = list(range(6)), [0, 1, 0, 2, 1, 2]
-    whole = agg.aggregation_matrix(proxies, 3, 0.2, min_correlation=-0.5)
-    diag = agg.matrix_diagnostics(whole, pool, 4, homes)
-    monkeypatch.setattr(agg, "ROW_BLOCK_ELEMENTS", 24 * 5)               # 5 rows a block, the last one 4
-    assert len(agg.row_blocks(24)) == 5
-    blocks = agg.aggregation_matrix(proxies, 3, 0.2, min_correlation=-0.5)
-    assert torch.allclose(blocks, whole, atol=1e-7)
-    for key, value in agg.matrix_diagnostics(blocks, pool, 4, homes).items():
-        assert value == pytest.approx(diag[key], abs=1e-9), key
+def test_fedavg_and_eq11_keep_the_dtype():
+    """float64 in, float64 out, computed in float64; float32 stays float32."""
+    g = torch.Generator().manual_seed(6)
+    xs = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    n = [10, 30, 60]
+    out = fedavg(xs, n)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, sum(nk * x for nk, x in zip(n, xs)) / sum(n), rtol=0, atol=1e-14)
+    assert fedavg([x.float() for x in xs], n).dtype == torch.float32
+    A = torch.softmax(torch.randn(5, 5, generator=g, dtype=torch.float64), 1)
+    thetas = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    out = aggregate_experts(A, thetas)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.einsum("ij,jab->iab", A, thetas), rtol=0, atol=1e-14)
+    assert aggregate_experts(A, thetas.float()).dtype == torch.float32

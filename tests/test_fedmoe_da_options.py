@@ -1,4 +1,4 @@
-"""FedMoE-DA's configurable choices (docs/ARCHITECTURE.md §7) against loop references.
+"""FedMoE-DA's configurable choices (DESIGN 5.1) against loop references.
 
 * ``min_correlation``: Eq. 9, then j != i with R_ij <= floor dropped;
 * ``centre_by_slot``: each proxy minus the mean of its slot over the pool's clients;
@@ -19,12 +19,19 @@ from hypothesis.extra.numpy import arrays
 from test_aggregation import close, ref_matrix, tiny_model  # the loop references of Eq. 8-10
 
 from fedmoe_da import models
-from fedmoe_da.fl import InProcessTransport, aggregation_matrix
-from fedmoe_da.fl.aggregation import centre_by_slot, correlation, domain_proxies, matrix_diagnostics
+from fedmoe_da.fl import InProcessTransport, sparse_aggregation_matrix
+from fedmoe_da.fl.aggregation import correlation
+from fedmoe_da.fl.diagnostics import matrix_diagnostics
+from fedmoe_da.fl.proxies import centre_by_slot, domain_proxies
 from fedmoe_da.fl.simulation import initial_states
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import FedMoEDA
 from fedmoe_da.fl.transport import SERVER
+
+
+def aggregation_matrix(proxies, P, tau, min_correlation=None):
+    """A as a run computes it (the guard is not in the paper, so not in the dense reference), dense."""
+    return sparse_aggregation_matrix(proxies, P, tau, min_correlation).to_dense()
 
 E, N = 4, 3   # as in test_aggregation's tiny_model
 NUM_TRAIN = [10, 20, 30]

@@ -22,7 +22,8 @@ from fedmoe_da import models, simulate
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl.aggregation import aggregation_matrix
-from fedmoe_da.fl.robust import coordinate_median, expert_screen, server_aggregate, trimmed_mean, upload_outliers
+from fedmoe_da.fl.robust import expert_screen, upload_outliers
+from fedmoe_da.fl.server_aggregation import coordinate_median, server_aggregate, trimmed_mean
 from fedmoe_da.fl.state import get_state
 from fedmoe_da.fl.strategies import FedAvg, FedMoEDA
 from fedmoe_da.fl.transport import SERVER

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from .. import viz
-from ..fl.aggregation import aggregation_matrix, matrix_diagnostics, pool_proxies
+from ..fl.aggregation_scaled import sparse_aggregation_matrix
+from ..fl.diagnostics import matrix_diagnostics
+from ..fl.proxies import pool_proxies
 from ..fl.run_folder import matrix_key, matrix_round
 from ..fl.summary import SimulationResult
 from ..models.names import gate_group, pool_key
@@ -66,7 +68,8 @@ def recompute(result: SimulationResult, P: int, tau: float, proxy: str = "gate",
     """A (M, M) of Eq. 8-10 on the saved gates of a refresh, and its ``matrix_diagnostics``."""
     gates, pool = saved_gates(result, round, layer)
     E, homes = result.config.num_experts, home_domains(result)
-    A = aggregation_matrix(proxies_of(proxy, gates, pool, E, homes), P, tau, result.config.min_correlation)
+    A = sparse_aggregation_matrix(proxies_of(proxy, gates, pool, E, homes), P, tau,
+                                  result.config.min_correlation).to_dense()   # as the run computes it
     return A, matrix_diagnostics(A, pool, E, homes)
 
 

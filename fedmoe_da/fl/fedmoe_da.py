@@ -25,11 +25,12 @@ Per MoE layer l, the pool is every (client k, slot e) whose gate the server hold
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from ..models.names import EXPERT, GATE, expert_group, gate_group, group_kind, matrix_group, pool_key, tensor_key
-from .aggregation import aggregate_experts, aggregation_matrix, drop_absent, matrix_diagnostics, pool_proxies
+from .aggregation_scaled import aggregate_split, drop_absent, sparse_aggregation_matrix
+from .diagnostics import matrix_diagnostics
 from .p2p import ClientRows, fetch_plan, rows_for_client
+from .proxies import pool_proxies
 from .robust import expert_screens
 from .state import read_group
 from .strategy import Strategy
@@ -47,7 +48,7 @@ class FedMoEDA(Strategy):
         super().__init__(config, groups, template, num_train, home_domains)
         self.num_layers = sum(1 for g in groups if group_kind(g) == GATE)
         self.E = template[groups[gate_group(0)][0].key].shape[0]                # experts per layer
-        self.gate_keys = [groups[gate_group(l)][0].key for l in range(self.num_layers)]
+        self.gate_keys = [groups[gate_group(layer)][0].key for layer in range(self.num_layers)]
         self.initial_gates = [{k: template[key] for k in range(len(num_train))} for key in self.gate_keys]
         self.server_gates: list[dict[int, torch.Tensor]] = [{} for _ in range(self.num_layers)]
         self.A: list[torch.Tensor | None] = [None] * self.num_layers
@@ -67,20 +68,20 @@ class FedMoEDA(Strategy):
     def upload(self, rnd, participants, states, transport):
         uploads = super().upload(rnd, participants, states, transport)   # backbone (+ head) if 'server'
         if self.is_refresh(rnd):
-            for l, key in enumerate(self.gate_keys):
-                g = gate_group(l)
+            for layer, key in enumerate(self.gate_keys):
+                g = gate_group(layer)
                 for k in participants:
                     sent = read_group(states[k], self.groups[g])
                     if self.config.proxy == "gate_delta":                # the client sends its gate's change
-                        sent = {n: t - self.initial_gates[l][k] for n, t in sent.items()}
+                        sent = {n: t - self.initial_gates[layer][k] for n, t in sent.items()}
                     got = transport.send(rnd, k, SERVER, "server-up", g, sent, expect=self.shapes[g])
                     if got is not None:
-                        self.server_gates[l][k] = next(iter(got.values())).cpu()   # (E, d); A is built on the CPU
+                        self.server_gates[layer][k] = next(iter(got.values())).cpu()   # (E, d); A is built on the CPU
         return uploads
 
-    def proxies(self, l: int, pool: list[int]) -> torch.Tensor:
+    def proxies(self, layer: int, pool: list[int]) -> torch.Tensor:
         """The (M, d') proxies of layer l's pool, ordered (client, slot), as ``config.proxy`` says."""
-        rows = (torch.cat([self.server_gates[l][k] for k in pool]) if self.config.proxy != "domain"   # (M, d)
+        rows = (torch.cat([self.server_gates[layer][k] for k in pool]) if self.config.proxy != "domain"   # (M, d)
                 else torch.empty(0))
         return pool_proxies(self.config.proxy, rows, pool, self.E, self.home_domains)
 
@@ -89,15 +90,15 @@ class FedMoEDA(Strategy):
         if not self.is_refresh(rnd):
             return
         self.version = rnd
-        for l in range(self.num_layers):
-            pool = sorted(self.server_gates[l])
-            self.pool[l] = pool
+        for layer in range(self.num_layers):
+            pool = sorted(self.server_gates[layer])
+            self.pool[layer] = pool
             if not pool:
                 continue
-            self.A[l] = aggregation_matrix(self.proxies(l, pool), self.config.P, self.config.tau,  # (M, M) sparse
-                                           self.config.min_correlation, sparse=True)
-            self._diagnostics.append({"round": rnd, "layer": l, "pool_clients": len(pool),
-                                      **matrix_diagnostics(self.A[l], pool, self.E, self.home_domains)})
+            self.A[layer] = sparse_aggregation_matrix(self.proxies(layer, pool), self.config.P,   # (M, M) sparse
+                                                      self.config.tau, self.config.min_correlation)
+            self._diagnostics.append({"round": rnd, "layer": layer, "pool_clients": len(pool),
+                                      **matrix_diagnostics(self.A[layer], pool, self.E, self.home_domains)})
 
     def diagnostics(self) -> list[dict]:
         rows, self._diagnostics = self._diagnostics, []
@@ -110,11 +111,11 @@ class FedMoEDA(Strategy):
         With the gates, a notebook can recompute A for other P, tau or proxies (matrices/ of the run folder).
         """
         out = {}
-        for l, A in enumerate(self.A):
+        for layer, A in enumerate(self.A):
             if A is not None:
-                out[matrix_group(l)] = A
-                out[gate_group(l)] = torch.cat([self.server_gates[l][k] for k in self.pool[l]])   # (M, d)
-                out[pool_key(l)] = torch.tensor(self.pool[l])
+                out[matrix_group(layer)] = A
+                out[gate_group(layer)] = torch.cat([self.server_gates[layer][k] for k in self.pool[layer]])   # (M, d)
+                out[pool_key(layer)] = torch.tensor(self.pool[layer])
         return out
 
     def state_dict(self) -> dict:
@@ -140,11 +141,11 @@ class FedMoEDA(Strategy):
             if held is not None and held[0].version == self.version:
                 continue
             rows = []
-            for l in range(self.num_layers):
-                if self.A[l] is None or k not in self.pool[l]:
+            for layer in range(self.num_layers):
+                if self.A[layer] is None or k not in self.pool[layer]:
                     break
-                r = rows_for_client(self.A[l], self.pool[l], k, self.E, self.version)
-                got = transport.send(rnd, SERVER, k, "server-down", matrix_group(l), r.to_payload(),
+                r = rows_for_client(self.A[layer], self.pool[layer], k, self.E, self.version)
+                got = transport.send(rnd, SERVER, k, "server-down", matrix_group(layer), r.to_payload(),
                                      expect={"index": (len(r.row), 3), "weight": (len(r.row),)})
                 if got is None:
                     break
@@ -173,37 +174,38 @@ class FedMoEDA(Strategy):
         present = set(participants)
         for start in range(0, len(synced), P2P_CHUNK):
             chunk = synced[start:start + P2P_CHUNK]
-            for l in range(self.num_layers):
-                fetches = [(k, peer, slot) for k in chunk for peer, slot in fetch_plan(self.client_rows[k][l], k, present)]
-                received, accepted = self._fetch(rnd, l, fetches, pos, before, transport)
+            for layer in range(self.num_layers):
+                fetches = [(k, peer, slot) for k in chunk
+                           for peer, slot in fetch_plan(self.client_rows[k][layer], k, present)]
+                received, accepted = self._fetch(rnd, layer, fetches, pos, before, transport)
                 got = {f: t for t, f in enumerate(fetches) if accepted[t]}    # (k, peer, slot) -> row of received
-                self._sync_layer(l, chunk, pos, before, received, got, states)
+                self._sync_layer(layer, chunk, pos, before, received, got, states)
 
-    def _fetch(self, rnd, l: int, fetches: list[tuple[int, int, int]], pos, before, transport):
+    def _fetch(self, rnd, layer: int, fetches: list[tuple[int, int, int]], pos, before, transport):
         """Every fetch (k, peer, slot) of layer l as one stacked send: peer's expert (l, slot) to k."""
-        keys = [r.key for r in self.groups[expert_group(l, 0)]]
+        keys = [r.key for r in self.groups[expert_group(layer, 0)]]
         if not fetches:
             return {n: before[n][:0, 0] for n in keys}, []
         ks, peers, slots = (list(v) for v in zip(*fetches))
         slot = torch.tensor(slots)
         peer_pos, k_pos = (torch.tensor([pos[c] for c in v]) for v in (peers, ks))
-        batch = Stacked(peers, ks, [expert_group(l, e) for e in slots],
+        batch = Stacked(peers, ks, [expert_group(layer, e) for e in slots],
                         {n: before[n][peer_pos, slot] for n in keys}, key=lambda t, n: tensor_key(n, slots[t]))
         c = self.config.p2p_screen
         screen = None if c is None else (                                     # against k's own expert of that slot
             lambda got, rows: expert_screens(got, {n: before[n][k_pos[rows], slot[rows]] for n in keys}, c))
         return transport.send_stacked(rnd, "p2p", batch, screen)
 
-    def _sync_layer(self, l: int, chunk: list[int], pos: dict[int, int], before: dict, received: dict,
+    def _sync_layer(self, layer: int, chunk: list[int], pos: dict[int, int], before: dict, received: dict,
                     got: dict, states) -> None:
         """Eq. 11 for layer l of the ``chunk``'s clients, from each client's rows with absent (or rejected) peers
         dropped and the row renormalised: W splits into the columns of the participants' own experts
-        (participants x E) and those of the experts received (row ``got[(k, peer, slot)]`` of ``received``)."""
+        (participants x E) and those of the experts received (row ``got[(k, peer, slot)]`` of ``received``);
+        ``aggregation_scaled.aggregate_split`` applies it."""
         K, E = len(pos), self.E
-        T = next(iter(received.values())).shape[0]
         blocks = []
         for i, k in enumerate(chunk):
-            rows = self.client_rows[k][l]
+            rows = self.client_rows[k][layer]
             sources = rows.sources()                                              # (S,) (peer, slot)
             cols = [pos[k] * E + slot if peer == k else K * E + got[(k, peer, slot)] if (k, peer, slot) in got
                     else -1 for peer, slot in sources]                            # -1: absent or rejected
@@ -212,17 +214,9 @@ class FedMoEDA(Strategy):
             r, s = W.nonzero(as_tuple=True)
             blocks.append((r + i * E, torch.tensor(cols, dtype=torch.long)[s], W[r, s]))
         r, s, w = (torch.cat(parts) for parts in zip(*blocks))
-        own = s < K * E
-
-        def sparse(keep: Tensor, offset: int, width: int) -> Tensor:
-            return torch.sparse_coo_tensor(torch.stack([r[keep], s[keep] - offset]), w[keep], (len(chunk) * E, width),
-                                           check_invariants=True).coalesce()
-
-        W_own, W_got = sparse(own, 0, K * E), sparse(~own, K * E, T)
-        for ref in self.groups[expert_group(l, 0)]:
-            # Eq. 11, theta_i <- sum_j a_ij theta_j, split by where theta_j is: a participant's own expert or one received
-            new = aggregate_experts(W_own, before[ref.key].flatten(0, 1))        # (chunk x E, ...)
-            if T:
-                new += aggregate_experts(W_got, received[ref.key])
+        keys = [ref.key for ref in self.groups[expert_group(layer, 0)]]
+        new = aggregate_split(r, s, w, len(chunk) * E, {n: before[n].flatten(0, 1) for n in keys},   # Eq. 11
+                              {n: received[n] for n in keys})                                      # (chunk x E, ...)
+        for n in keys:
             for i, k in enumerate(chunk):
-                states[k][ref.key] = new[i * E:(i + 1) * E]
+                states[k][n] = new[n][i * E:(i + 1) * E]

@@ -1,4 +1,5 @@
-"""Peers and clients that lie: screens on what a party receives, and robust server aggregates.
+"""Peers and clients that lie: screens on what a party receives (the robust server aggregates they pair with
+are ``server_aggregation.py``).
 
 A screen looks at a payload that arrived intact (right shapes, finite: see
 ``transport.payload_problem``) and says why it is implausible, or None. The
@@ -33,20 +34,14 @@ the reference's norm. What passes has bounded influence: a liar's expert
 most a_ij * c * ||own|| or w_k * c * ||med||.
 
 Norms are over the whole payload (every tensor of the group flattened and
-concatenated), in float64. The robust aggregates (``coordinate_median``,
-``trimmed_mean``) are coordinate-wise and unweighted (Yin et al. 2018,
-"Byzantine-robust distributed learning: towards optimal statistical rates"):
-a client's training-set size is its own claim, so it gives no extra pull.
+concatenated), in float64.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
-from ..config import SERVER_AGGREGATES
-from .aggregation import fedavg
+from .server_aggregation import coordinate_median
 
 Payload = dict[str, Tensor]
 EPS = 1e-8
@@ -58,7 +53,6 @@ def flatten(payload: Payload) -> Tensor:
     return torch.cat([payload[n].reshape(-1).double() for n in sorted(payload)])
 
 
-# --------------------------------------------------------------------------- screens
 def expert_screen(received: Payload, own: Payload, c: float, eps: float = EPS) -> str | None:
     """Why a peer's expert is implausible next to the receiver's own expert of that slot, or None.
 
@@ -98,34 +92,3 @@ def upload_outliers(payloads: dict[int, Payload], c: float) -> dict[int, str]:
     bound = c * float(med.norm())
     return {k: f"upload screen: ||u - median|| = {float(d):.4g} > {c:g} x ||median|| = {bound:.4g}"
             for k, d in zip(clients, dist) if float(d) > bound}
-
-
-# --------------------------------------------------------------------------- robust aggregates
-def coordinate_median(tensors: list[Tensor]) -> Tensor:
-    """Coordinate-wise median of n same-shaped tensors (numpy's: the mean of the two middle values if n is even)."""
-    s = torch.stack([t.double() for t in tensors]).sort(dim=0).values         # (n, ...)
-    n = s.shape[0]
-    mid = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-    return mid.to(tensors[0].dtype)
-
-
-def trimmed_mean(tensors: list[Tensor], fraction: float) -> Tensor:
-    """Coordinate-wise mean after dropping the floor(fraction * n) smallest and largest values of each coordinate."""
-    if not 0 <= fraction < 0.5:
-        raise ValueError(f"fraction={fraction} is invalid: must be in [0, 0.5)")
-    s = torch.stack([t.double() for t in tensors]).sort(dim=0).values         # (n, ...)
-    n = s.shape[0]
-    cut = math.floor(fraction * n)                                             # 2 * cut < n
-    return s[cut:n - cut].mean(dim=0).to(tensors[0].dtype)
-
-
-def server_aggregate(kind: str, tensors: list[Tensor], weights: list[float], trim_fraction: float) -> Tensor:
-    """The server's aggregate of one tensor over the uploads: ``mean`` is FedAvg (weighted by ``weights``),
-    ``trimmed_mean`` and ``median`` are coordinate-wise and unweighted."""
-    if kind == "mean":
-        return fedavg(tensors, weights)
-    if kind == "trimmed_mean":
-        return trimmed_mean(tensors, trim_fraction)
-    if kind == "median":
-        return coordinate_median(tensors)
-    raise ValueError(f"server_aggregate={kind!r} is invalid: must be one of {', '.join(SERVER_AGGREGATES)}")

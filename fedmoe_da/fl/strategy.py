@@ -40,7 +40,8 @@ from ..config import ExperimentConfig
 from ..models import ParamRef
 from ..models.names import group_kind
 from .client import Job, Trainer
-from .robust import server_aggregate, upload_outliers
+from .robust import upload_outliers
+from .server_aggregation import server_aggregate
 from .state import State, read_group, write_group
 from .transport import SERVER, Transport
 
