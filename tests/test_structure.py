@@ -54,7 +54,7 @@ def test_the_import_graph_has_no_circle():
 
 
 def test_the_layers_point_down():
-    """config < data < moe < models < fl < results < viz < cli (DESIGN section 2)."""
+    """config < data < moe < models < fl < results < viz < cli (docs/ARCHITECTURE.md §1)."""
     order = ["fedmoe_da.rules", "fedmoe_da.config", "fedmoe_da.seeds", "fedmoe_da.data", "fedmoe_da.moe",
              "fedmoe_da.models", "fedmoe_da.fl", "fedmoe_da.results", "fedmoe_da.viz", "fedmoe_da.cli"]
     layer = lambda m: max((i for i, p in enumerate(order) if m == p or m.startswith(p + ".")), default=None)  # noqa: E731
