@@ -113,11 +113,12 @@ print(f"accuracy differs in {differs} of {len(a)} (round, client) rows")
 # batch), and float addition is not associative. Training then carries it
 # forward: a weight that differs in its last bit gives slightly different
 # gradients at the next step, and Adam, which divides each step by the gradient's
-# running size, does not damp them. So the gap can grow round by round: in a
-# smoke run (two tiny rounds) it stays at rounding level, while over the full
-# run's rounds it can grow until some test images near a decision boundary flip
-# and accuracies differ by a few images. Is it the rounding or the engine? The
-# same two runs in float64 (`dtype`, a config field) answer it:
+# running size, does not damp them. So the gap grows with the training steps:
+# in a smoke run (two tiny rounds, a few steps) it stays at rounding level,
+# while the full run's clients take enough steps for it to grow well above
+# rounding within the first round, until some test images near a decision
+# boundary flip and accuracies differ by a few images. Is it the rounding or
+# the engine? The same two runs in float64 (`dtype`, a config field) answer it:
 
 # %%
 exact = {engine: simulate(config.replace(engine=engine, dtype="float64")).history for engine in ("loop", "stacked")}
