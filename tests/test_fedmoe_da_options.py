@@ -1,4 +1,4 @@
-"""FedMoE-DA's configurable choices (DESIGN 5.1) against loop references.
+"""FedMoE-DA's configurable choices (docs/ARCHITECTURE.md §7) against loop references.
 
 * ``min_correlation``: Eq. 9, then j != i with R_ij <= floor dropped;
 * ``centre_by_slot``: each proxy minus the mean of its slot over the pool's clients;
