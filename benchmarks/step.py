@@ -11,10 +11,11 @@ epochs of Adam, batch 16): every client's job from the initial state, trained at
 tree: ``compile`` (``config.compile_step``, if this tree has the field; its compile time is the first call's,
 reported apart as ``first_s``), ``autocast_bf16`` (the step under ``torch.autocast("cpu", torch.bfloat16)``,
 measured, not a config option). Each run is a fresh process pinned with taskset to one core, one torch
-thread: one warm-up call (``first_s``), then ``--calls`` timed calls (their median is ``step_s``, the training
-of one round); contenders alternate (A, B, A, B, ...) ``--repeats`` times.
+thread: one warm-up call (``first_s``), then ``--calls`` timed calls (their medians are ``step_s``, wall, and
+``step_cpu_s``, the process's CPU time: less sensitive to other processes on a shared machine, so the ratios
+and GFLOP/s use it); contenders alternate (A, B, A, B, ...) ``--repeats`` times.
 
-Reported per run, besides the seconds: ``train_gflops`` = training FLOPs of the round / ``step_s`` (FLOPs per
+Reported per run, besides the seconds: ``train_gflops`` = training FLOPs of the round / ``step_cpu_s`` (FLOPs per
 sample from ``torch.utils.flop_counter`` on the model module's forward + backward, as ``sim_throughput.py``
 counts them), ``matmul_peak_gflops`` (the best single-thread fp32 ``torch.mm`` of 512..1024 squares, in the
 same process) and ``pct_of_peak``; the load average before and after. ``--profile`` saves each contender's
@@ -73,11 +74,12 @@ def child(variant: str | None, calls: int, profile: str | None) -> dict:
     t = time.perf_counter()
     first = step()
     first_s = time.perf_counter() - t
-    times = []
+    times, cpu = [], []
     for _ in range(calls):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -86,10 +88,10 @@ def child(variant: str | None, calls: int, profile: str | None) -> dict:
             step()
         Path(profile).write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25) + "\n")
     samples = sum(len(c.y_train) for c in clients) * config.local_epochs
-    step_s = statistics.median(times)
-    gflops = flops * samples / step_s / 1e9
+    step_s, step_cpu_s = statistics.median(times), statistics.median(cpu)
+    gflops = flops * samples / step_cpu_s / 1e9
     losses = [loss for _, loss in first]
-    return {"step_s": step_s, "first_s": first_s, "min_s": min(times), "samples": samples,
+    return {"step_s": step_s, "step_cpu_s": step_cpu_s, "first_s": first_s, "min_s": min(times), "samples": samples,
             "train_mflop_per_sample": flops / 1e6, "train_gflops": gflops, "matmul_peak_gflops": peak,
             "pct_of_peak": 100 * gflops / peak, "mean_train_loss": statistics.mean(losses),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -118,7 +120,7 @@ def main() -> None:
 
     from fedmoe_da.fl.run_folder import versions
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     contenders = ([] if args.no_current else [("current", None)]) + [(v, v) for v in args.variant]
     contenders += [(f"before_{args.before}", None)] if args.before else []
@@ -144,14 +146,16 @@ def main() -> None:
                 row = {"contender": name, "repeat": rep, **json.loads(proc.stdout.strip().splitlines()[-1]),
                        "load1_before": load[0], "load1_after": load_average()[0]}
                 rows.append(row)
-                print(f"{name:>22s} repeat {rep}: step {row['step_s']:.3f} s (first {row['first_s']:.2f} s), "
+                print(f"{name:>22s} repeat {rep}: step {row['step_s']:.3f} s, CPU {row['step_cpu_s']:.3f} s "
+                      f"(first {row['first_s']:.2f} s), "
                       f"{row['train_gflops']:.1f} GFLOP/s = {row['pct_of_peak']:.0f}% of "
                       f"{row['matmul_peak_gflops']:.0f}, load {load[0]:.2f}", flush=True)
     df = pd.DataFrame(rows)
-    med = df.groupby("contender")[["step_s", "first_s", "pct_of_peak", "train_gflops", "matmul_peak_gflops"]].median()
+    cols = ["step_s", "step_cpu_s", "first_s", "pct_of_peak", "train_gflops", "matmul_peak_gflops"]
+    med = df.groupby("contender")[cols].median()
     ref = contenders[0][0]
     summary = {name: {**{k: float(v) for k, v in med.loc[name].items()},
-                      f"step_s_over_{ref}": float(med.loc[name, "step_s"] / med.loc[ref, "step_s"])}
+                      f"step_cpu_s_over_{ref}": float(med.loc[name, "step_cpu_s"] / med.loc[ref, "step_cpu_s"])}
                for name, _ in contenders}
     info.update(summary=summary, load_after=load_average())
     print(json.dumps(summary, indent=1))

@@ -3,8 +3,8 @@
 A stacked parameter is one tensor per weight with a leading client dimension G
 (``features.0.weight`` (G, 32, C, 3, 3), ``moe_layers.0.w1`` (G, E, d, h), ...),
 and the inputs are (G, B, ...) with a mask (G, B) of the real rows (batches of
-unequal size are padded at the end). The forward pass reads the model's own
-modules for their hyper-parameters and runs
+unequal size are padded at the end). The forward pass (docs/ARCHITECTURE.md §8)
+reads the model's own modules for their hyper-parameters and runs
 
     Conv2d      one grouped convolution over all clients (channels-last: groups = G)
     Linear      one batched matmul (G, out, in) x (G, in, B), so that the weight's gradient is contiguous
