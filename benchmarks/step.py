@@ -18,7 +18,9 @@ and GFLOP/s use it); contenders alternate (A, B, A, B, ...) ``--repeats`` times.
 Reported per run, besides the seconds: ``train_gflops`` = training FLOPs of the round / ``step_cpu_s`` (FLOPs per
 sample from ``torch.utils.flop_counter`` on the model module's forward + backward, as ``sim_throughput.py``
 counts them), ``matmul_peak_gflops`` (the best single-thread fp32 ``torch.mm`` of 512..1024 squares, in the
-same process) and ``pct_of_peak``; the load average before and after. ``--profile`` saves each contender's
+same process) and ``pct_of_peak``; the load average before and after. A busy machine slows the peak's
+short matmuls too, so the summary also gives ``pct_of_best_peak``: the median GFLOP/s over the best peak
+of all runs. ``--profile`` saves each contender's
 ``torch.profiler`` table (top ops by self CPU time over one call) as ``profile_<contender>.txt``.
 Writes ``<out>/step.csv`` and ``<out>/step.json`` (args, summary, machine, versions, load averages).
 """
@@ -154,8 +156,10 @@ def main() -> None:
     cols = ["step_s", "step_cpu_s", "first_s", "pct_of_peak", "train_gflops", "matmul_peak_gflops"]
     med = df.groupby("contender")[cols].median()
     ref = contenders[0][0]
+    best_peak = float(df["matmul_peak_gflops"].max())          # the least disturbed peak of the session
     summary = {name: {**{k: float(v) for k, v in med.loc[name].items()},
-                      f"step_cpu_s_over_{ref}": float(med.loc[name, "step_cpu_s"] / med.loc[ref, "step_cpu_s"])}
+                      f"step_cpu_s_over_{ref}": float(med.loc[name, "step_cpu_s"] / med.loc[ref, "step_cpu_s"]),
+                      "pct_of_best_peak": float(100 * med.loc[name, "train_gflops"] / best_peak)}
                for name, _ in contenders}
     info.update(summary=summary, load_after=load_average())
     print(json.dumps(summary, indent=1))
