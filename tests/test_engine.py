@@ -160,3 +160,12 @@ def test_models_that_do_not_stack_run_the_loop():
     (a, la), = trainer.train_jobs([job])
     (b, lb), = Trainer(net, cfg).train_jobs([job])
     assert la == lb and all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("size,out", [((7, 7), 4), ((8, 5), (3, 2)), ((6, 9), (None, 4)), ((4, 4), 1)])
+def test_pooling_matrix_equals_adaptive_avg_pool(size, out):
+    from fedmoe_da.models.stacked import _adaptive_avg_pool
+
+    x = torch.randn(3, 5, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_adaptive_avg_pool(x, out), torch.nn.functional.adaptive_avg_pool2d(x, out),
+                               atol=TOL, rtol=0)

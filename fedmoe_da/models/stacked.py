@@ -3,12 +3,14 @@
 A stacked parameter is one tensor per weight with a leading client dimension G
 (``features.0.weight`` (G, 32, C, 3, 3), ``moe_layers.0.w1`` (G, E, d, h), ...),
 and the inputs are (G, B, ...) with a mask (G, B) of the real rows (batches of
-unequal size are padded at the end). The forward pass reads the model's own
-modules for their hyper-parameters and runs
+unequal size are padded at the end). The forward pass (docs/ARCHITECTURE.md §8)
+reads the model's own modules for their hyper-parameters and runs
 
     Conv2d      one grouped convolution over all clients (channels-last: groups = G)
-    Linear      one batched matmul (G, B, in) x (G, in, out)
-    ReLU, AdaptiveAvgPool2d, Flatten   as themselves, per client
+    Linear      one batched matmul (G, out, in) x (G, in, B), so that the weight's gradient is contiguous
+    AdaptiveAvgPool2d   one matmul with the pooling matrix (its backward is a matmul too)
+    ReLU        in place on a convolution's or linear layer's output (their backward does not read it)
+    Flatten     per client, in the module's (C, H, W) order
     MoE head    ``moe.layer.moe_apply`` with the dense backend and leading dimension G
 
 so client g's rows see exactly client g's parameters, and nothing else: each
@@ -59,21 +61,24 @@ def stacked_forward(model: MoEModel, params: dict[str, Tensor], x: Tensor,
     h, spatial = x, x.dim() > 3                                          # (G, B, C, H, W) images or (G, B, F)
     if spatial:                                                          # -> (B, G*C, H, W) channels-last
         h = x.transpose(0, 1).reshape(B, -1, *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+    owned = False                                                        # h is this pass's own fresh tensor
     for i, m in enumerate(model.features):
         w = params.get(f"features.{i}.weight")
         b = params.get(f"features.{i}.bias")
         if isinstance(m, nn.Conv2d):                                     # every client's filters, one grouped conv
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
                          stride=m.stride, padding=m.padding, groups=G)
-        elif isinstance(m, nn.Linear):                                   # (G, B, in) x (G, in, out)
-            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        elif isinstance(m, nn.ReLU):
-            h = F.relu(h)
+        elif isinstance(m, nn.Linear):                                   # (G, out, in) x (G, in, B), transposed
+            hT = torch.bmm(w, h.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2))
+            h = hT.transpose(1, 2)                                       # (G, B, out); w's gradient comes contiguous
+        elif isinstance(m, nn.ReLU):                                     # in place on a conv's or linear's output
+            h = F.relu(h, inplace=owned)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
-            h = F.adaptive_avg_pool2d(h, m.output_size)
+            h = _adaptive_avg_pool(h, m.output_size)
         elif isinstance(m, nn.Flatten):                                  # per client, (C, H, W) order as the module
             h = h.reshape(B, G, -1).transpose(0, 1) if spatial else h.flatten(2)
             spatial = False
+        owned = isinstance(m, (nn.Conv2d, nn.Linear))
     layer = model.moe_layers[0]
     p = "moe_layers.0."
     y, _, indices, _, _, aux = moe_apply(DENSE, h, params[p + "gate.weight"], params[p + "w1"], params[p + "b1"],
@@ -81,3 +86,24 @@ def stacked_forward(model: MoEModel, params: dict[str, Tensor], x: Tensor,
                                          mask=mask)
     loss = layer.lb_coef * aux["load_balance"] + layer.z_coef * aux["z_loss"]   # (G,)
     return y, loss, [expert_counts(indices, layer.num_experts, mask)]
+
+
+def _bins(n: int, out: int) -> Tensor:
+    """(out, n): row i averages [floor(i n / out), ceil((i + 1) n / out)), the bins of adaptive_avg_pool2d."""
+    P = torch.zeros(out, n, dtype=torch.float64)
+    for i in range(out):
+        lo, hi = (i * n) // out, -(-(i + 1) * n // out)
+        P[i, lo:hi] = 1.0 / (hi - lo)
+    return P
+
+
+def _adaptive_avg_pool(h: Tensor, output_size) -> Tensor:
+    """``F.adaptive_avg_pool2d`` of h (B, C, H, W) as one matmul with the pooling matrix P (Ho*Wo, H*W):
+    out[b, :, q] = sum_p P[q, p] h[b, :, p]. On channels-last h, (B, H*W, C) is a view and the result is
+    channels-last again; its backward is P^T times the gradient, where the pooling kernel's is a slow scatter."""
+    B, C, H, W = h.shape
+    Ho, Wo = (output_size, output_size) if isinstance(output_size, int) else output_size
+    Ho, Wo = Ho or H, Wo or W
+    P = torch.kron(_bins(H, Ho), _bins(W, Wo)).to(h)                                 # (Ho*Wo, H*W)
+    out = torch.matmul(P, h.permute(0, 2, 3, 1).reshape(B, H * W, C))               # (B, Ho*Wo, C)
+    return out.view(B, Ho, Wo, C).permute(0, 3, 1, 2)                               # (B, C, Ho, Wo) channels-last
