@@ -54,6 +54,14 @@ def parse_jobs(text: str | int) -> int:
     return jobs
 
 
+def jobs_option(text: str) -> int:
+    """``parse_jobs`` for a command line: its ValueError names the flag."""
+    try:
+        return parse_jobs(text)
+    except ValueError as exc:
+        raise ValueError(f"--jobs {exc}") from None
+
+
 @dataclass(frozen=True)
 class Task:
     """One independent job: ``fn(*args)`` (module-level, so a worker can import it), named for the bar and errors."""
@@ -137,6 +145,15 @@ def run_pool(tasks: Sequence[Task], jobs: int, processes: bool = True, progress:
     if failures:
         raise PoolFailed([line for _, line in sorted(failures)], results)
     return results
+
+
+def pool_failures(tasks: Sequence[Task], jobs: int, **options: Any) -> list[str]:
+    """``run_pool`` for tasks run for what they write: the failure lines (empty: every task succeeded)."""
+    try:
+        run_pool(tasks, jobs, **options)
+    except PoolFailed as exc:
+        return exc.failures
+    return []
 
 
 def _executor(workers: int, processes: bool) -> Executor:
