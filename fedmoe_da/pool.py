@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import signal
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -87,7 +86,8 @@ def failure_line(task: Task, exc: BaseException) -> str:
     """'<name>: failed (<the error's last line>); <context>', or '<name>: <message>' for a TaskFailed."""
     if isinstance(exc, TaskFailed):
         return f"{task.name}: {exc}"
-    last = (traceback.format_exception_only(type(exc), exc)[-1].strip().splitlines() or [type(exc).__name__])[-1]
+    lines = str(exc).strip().splitlines()
+    last = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
     return f"{task.name}: failed ({last})" + (f"; {task.context}" if task.context else "")
 
 
