@@ -26,6 +26,10 @@ import smoke_runs
 from fedmoe_da import figures, notebooks
 from fedmoe_da.figures import FIGURES, PAPER_FIGURES, Figure, figure_files
 
+# the notebooks run once per test session (smoke_runs.py); under xdist each worker is a session, so every test
+# that reads those runs goes to one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("notebook_smoke_runs")
+
 IDS = [f.id for f in FIGURES]
 
 # (c) Figures redrawn at full size in CI, with the tolerance (rtol, atol) of their numeric columns. Chosen because

@@ -92,7 +92,7 @@ def test_bad_jobs_is_one_line_before_any_work(jobs, tmp_path, capsys):
 
 
 def test_ctrl_c_stops_every_worker_and_a_rerun_finishes(tmp_path):
-    argv = [sys.executable, "-m", "fedmoe_da", "compare", "--smoke", "--rounds", "40", "--no-progress",
+    argv = [sys.executable, "-m", "fedmoe_da", "compare", "--smoke", "--rounds", "12", "--no-progress",
             "--strategies", "fedavg,local", "--out", str(tmp_path), "--jobs", "2"]
     proc = subprocess.Popen(argv, env=smoke_runs.ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path)
