@@ -1,6 +1,6 @@
 """Where does FedMoE-DA win? A one-factor-at-a-time screen on validation data, then 3 seeds on test data.
 
-    python benchmarks/method_study.py [--jobs 2] [--out benchmarks/results/method_study] [--smoke]
+    python benchmarks/method_study.py [--jobs N] [--out benchmarks/results/method_study] [--smoke]
 
 Stage 1 (screen, seed 0, ``eval_split="validation"``: each client holds out 20%
 of its own training data; the test set is never touched): FedMoE-DA around a
@@ -21,21 +21,25 @@ method targets; both partitions did not fit the two-hour budget), reported once.
 Writes ``screen.csv`` and ``test.csv`` (one row per run: its settings, final and
 best personalised accuracy, std over clients, worst 10%, server / P2P / total
 bytes, the purity of A), ``study.json`` (base config, factors, candidates,
-package versions, wall time) and ``summary.md`` (the tables the README shows), appended run by run so an interrupted study
-resumes where it stopped. Runs use one torch thread each, ``--jobs`` at once.
+package versions, wall time) and ``summary.md`` (the tables the README shows), appended run by run so an
+interrupted study resumes where it stopped. Runs go through the run pool (``fedmoe_da/pool.py``,
+docs/ARCHITECTURE.md §10): one torch thread each, ``--jobs`` at once (default: the usable cores); a failed
+run is named, the others finish, and the study stops after that stage with exit code 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
 from fedmoe_da import ExperimentConfig, simulate
+from fedmoe_da.cli import add_jobs_flag
 from fedmoe_da.fl.run_folder import versions
+from fedmoe_da.pool import PoolFailed, Task, run_pool, usable_cores
 
 BASE = dict(dataset="digit_domains", num_clients=20, max_samples=3200, test_fraction=0.4, domain_purity=0.9,
             rounds=30, local_epochs=3, batch_size=16, lr=3e-3, lb_coef=0.0, strategy="fedmoe_da",
@@ -65,11 +69,16 @@ METRICS = ("final_acc_mean", "final_acc_std", "final_acc_worst10", "best_acc_mea
            "discarded_updates")
 
 
-def run_one(job: dict) -> dict:
-    """One simulation -> one CSV row (the job's own fields, then the metrics)."""
-    changes = {k: v for k, v in job.items() if k not in ("stage", "name")}
+def changes_in(job: dict) -> dict:
+    """The config fields a job changes from the base point."""
+    return {k: v for k, v in job.items() if k not in ("stage", "name")}
+
+
+def run_one(job: dict, base: dict) -> dict:
+    """One simulation -> one CSV row (the job's own fields, then the metrics). ``base``: BASE as the parent
+    process has it (--smoke changes it there; a spawned worker imports this module afresh)."""
     start = time.time()
-    config = ExperimentConfig(**{**BASE, **changes})
+    config = ExperimentConfig(**{**base, **changes_in(job)})
     result = simulate(config)
     settings = {f: getattr(config, f) for f in ("strategy", "partition", "seed", "eval_split", *FACTORS)}
     return {"stage": job["stage"], "name": job["name"], **settings, **{m: result.summary.get(m) for m in METRICS},
@@ -89,11 +98,16 @@ def run_all(jobs: list[dict], path: Path, workers: int) -> pd.DataFrame:
     have = {key(r) for r in done.to_dict("records")} if len(done) else set()
     todo = [j for j in jobs if key(j) not in have]
     print(f"{path.name}: {len(have)} done, {len(todo)} to run", flush=True)
-    with ProcessPoolExecutor(workers) as pool:
-        for row in pool.map(run_one, todo):
-            pd.DataFrame([row]).to_csv(path, mode="a", header=not path.exists(), index=False)
-            print(f"  {row['name']:<28} {row['partition']:<17} seed {row['seed']}  acc {row['final_acc_mean']:.3f}  "
-                  f"purity {row['domain_purity_first']}  {row['seconds']} s", flush=True)
+
+    def append(_: int, row: dict) -> None:
+        pd.DataFrame([row]).to_csv(path, mode="a", header=not path.exists(), index=False)
+        print(f"  {row['name']:<28} {row['partition']:<17} seed {row['seed']}  acc {row['final_acc_mean']:.3f}  "
+              f"purity {row['domain_purity_first']}  {row['seconds']} s", flush=True)
+
+    tasks = [Task(f"{j['stage']} {j['name']} ({j['partition']}, seed {j['seed']})", run_one, (j, dict(BASE)),
+                  context="config: BASE with " + ", ".join(f"{k}={v!r}" for k, v in changes_in(j).items()))
+             for j in todo]
+    run_pool(tasks, workers, on_result=append, desc=path.stem)
     return pd.read_csv(path)
 
 
@@ -155,7 +169,8 @@ def report(out: Path) -> str:
     """summary.md: the screen (validation) and the test stage (mean ± std over seeds), per partition."""
     lines = []
     screen = pd.concat([pd.read_csv(out / f) for f in ("screen.csv", "refine.csv") if (out / f).exists()])
-    lines += ["### Screen (seed 0, validation split: each client's own held-out 20%; refine rows vary the best variant)",
+    lines += ["### Screen (seed 0, validation split: each client's own held-out 20%; refine rows vary the best "
+              "variant)",
               "", "| variant | " + " | ".join(PARTITIONS) + " | purity of A (first refresh) |",
               "|---|" + "---|" * (len(PARTITIONS) + 1)]
     for name, part in screen.groupby("name", sort=False):
@@ -168,14 +183,16 @@ def report(out: Path) -> str:
     if (out / "study.json").exists():
         study = json.loads((out / "study.json").read_text())
         lines.append(f"Chosen on validation (mean over both partitions): `{study['chosen']}` "
-                     f"({study['chosen_validation_accuracy']:.3f}); `fedmoe_da[chosen]` below is the base with that change.")
+                     f"({study['chosen_validation_accuracy']:.3f}); `fedmoe_da[chosen]` below is the base with that "
+                     "change.")
     if (out / "test.csv").exists():
         test = pd.read_csv(out / "test.csv")
         for partition in TEST_PARTITIONS:
             t = test[test["partition"] == partition]
             fedavg = t[t["name"] == "fedavg"][["server_bytes", "total_bytes"]].mean()
             lines += ["", f"### Test, partition `{partition}` ({t['seed'].nunique()} seeds, mean ± std over seeds)", "",
-                      "| strategy | final acc | worst 10% | best acc | server MB | total MB | server / total vs FedAvg | purity of A |",
+                      "| strategy | final acc | worst 10% | best acc | server MB | total MB | "
+                      "server / total vs FedAvg | purity of A |",
                       "|---|---|---|---|---|---|---|---|"]
             rows = t.groupby("name", sort=False).agg(
                 acc=("final_acc_mean", "mean"), acc_sd=("final_acc_mean", "std"), worst=("final_acc_worst10", "mean"),
@@ -193,12 +210,13 @@ def report(out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
+    add_jobs_flag(ap)
     ap.add_argument("--out", default="benchmarks/results/method_study")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, 2 rounds (checks the script, not the method)")
     ap.add_argument("--report", action="store_true", help="only rewrite summary.md from the CSVs already there")
     args = ap.parse_args()
+    args.jobs = args.jobs or usable_cores()
     if args.report:
         print(report(Path(args.out)))
         return
@@ -206,6 +224,17 @@ def main() -> None:
         BASE.update(num_clients=8, max_samples=800, rounds=2, local_epochs=1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        study(args, out)
+    except PoolFailed as exc:
+        print("\n".join(f"method_study: {line}" for line in exc.failures), file=sys.stderr)
+        print(f"method_study: {len(exc.failures)} runs failed; the others are in {out}: run again to retry them",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def study(args: argparse.Namespace, out: Path) -> None:
+    """Stages 1, 1b and 2, then study.json and summary.md."""
     start = time.time()
     screen = run_all(screen_jobs(), out / "screen.csv", args.jobs)
     best1, _ = best_variant(screen)
@@ -215,7 +244,8 @@ def main() -> None:
     print(f"chosen on validation: {chosen} ({score:.3f})", flush=True)
     run_all(test_jobs(cands, args.seeds), out / "test.csv", args.jobs)
     (out / "study.json").write_text(json.dumps(
-        {"base": BASE, "partitions": PARTITIONS, "test_partitions": TEST_PARTITIONS, "factors": FACTORS, "refine": REFINE, "baselines": BASELINES, "stage1_best": best1,
+        {"base": BASE, "partitions": PARTITIONS, "test_partitions": TEST_PARTITIONS, "factors": FACTORS,
+         "refine": REFINE, "baselines": BASELINES, "stage1_best": best1,
          "chosen": chosen, "chosen_validation_accuracy": score, "candidates": cands,
          "seeds": args.seeds, "jobs": args.jobs, "wall_seconds_last_call": round(time.time() - start),
          "versions": versions()}, indent=2, default=str))

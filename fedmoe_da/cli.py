@@ -10,7 +10,9 @@ choices and range come from the field's rule. ``--config FILE`` reads fields fro
 Bad input exits with code 2 and one line on stderr, never a traceback.
 ``fedmoe-da run --resume RUN_DIR`` continues a run from its folder's checkpoint
 (the config is the folder's config.json). Ctrl-C stops a run with one line
-saying how to continue it, and exit code 130.
+saying how to continue it, and exit code 130. ``compare --jobs N`` runs N runs at once
+(``pool.py``, docs/ARCHITECTURE.md §10); a failed run is named and the others
+finish, then the command exits 1 listing the failures.
 """
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import COMPARE_STRATEGIES, Bool, Choice, ConfigError, ExperimentConfig, describe_fields, parse_value, read_config_file
+from .config import (
+    COMPARE_STRATEGIES,
+    Bool,
+    Choice,
+    ConfigError,
+    ExperimentConfig,
+    describe_fields,
+    parse_value,
+    read_config_file,
+)
+from .pool import JOBS_HELP, PoolFailed, parse_jobs, usable_cores
 
 ALIASES = {"num_clients": ["--clients"]}   # older spellings kept working
 PRECEDENCE = ("Precedence: the defaults, then --config FILE, then --smoke shrinks the sizes (never P, I, tau, lr, "
@@ -49,6 +61,20 @@ def _converter(name: str) -> typing.Callable[[str], typing.Any]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
+
+
+def jobs_flag(text: str) -> int:
+    """argparse type of ``--jobs``: ``pool.parse_jobs``, its ValueError shown as argparse's one-line error."""
+    try:
+        return parse_jobs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_jobs_flag(parser: argparse.ArgumentParser) -> None:
+    """``--jobs N`` (default: the usable cores), shared by compare, figures and the method study."""
+    parser.add_argument("--jobs", type=jobs_flag, default=None, metavar="N",
+                        help=f"{JOBS_HELP} (default: the usable cores, here {usable_cores()})")
 
 
 def _help(text: str) -> str:
@@ -100,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                       f":field=value overrides, e.g. fedmoe_da:proxy=domain (default: {','.join(COMPARE_STRATEGIES)})")
     cmp_.add_argument("--seeds", type=int, default=argparse.SUPPRESS,
                       help="number of seeds: seed, seed+1, ... (default: 1)")
+    add_jobs_flag(cmp_)
     return parser
 
 
@@ -142,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
                           else extras.get("strategies", COMPARE_STRATEGIES))
             seeds = args.seeds if hasattr(args, "seeds") else extras.get("seeds", 1)
             strategies = strategies.split(",") if isinstance(strategies, str) else strategies
-            return _compare(config, tuple(strategies), seeds)
+            return _compare(config, tuple(strategies), seeds, args.jobs)
         if "strategies" in extras:
             raise ConfigError(f"config file {args.config!r} is a compare folder's: use fedmoe-da compare --config")
         return _run(config)
     except KeyboardInterrupt:
         print(_interrupted(args.command, out), file=sys.stderr)
         return 130
+    except PoolFailed as exc:
+        for line in exc.failures:
+            print(f"fedmoe-da: {line}", file=sys.stderr)
+        print(f"fedmoe-da: error: {len(exc.failures)} of {len(exc.results)} runs failed (the others finished; "
+              "run the same command again to retry only these)", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not isinstance(exc, _user_errors()):
             raise
@@ -189,7 +222,8 @@ def _interrupted(command: str, out: str | None) -> str:
 def _resume(args: argparse.Namespace) -> int:
     """``run --resume RUN_DIR``: the config is the folder's; only --progress / --no-progress may be given."""
     given = (["--config"] if args.config else []) + (["--smoke"] if args.smoke else []) + [
-        flag_name(f.name) for f in dataclasses.fields(ExperimentConfig) if hasattr(args, f.name) and f.name != "progress"]
+        flag_name(f.name) for f in dataclasses.fields(ExperimentConfig)
+        if hasattr(args, f.name) and f.name != "progress"]
     if given:
         raise ConfigError(f"--resume takes the config from RUN_DIR/config.json: {given[0]} cannot be given with it")
     from .fl import distributed
@@ -226,7 +260,7 @@ def _report(config: ExperimentConfig, result) -> int:
     return 1 if _all_discarded(config, s) else 0
 
 
-def _compare(config: ExperimentConfig, strategies: tuple[str, ...], seeds: int) -> int:
+def _compare(config: ExperimentConfig, strategies: tuple[str, ...], seeds: int, jobs: int | None) -> int:
     from .fl.distributed import launched
 
     if launched():
@@ -238,7 +272,7 @@ def _compare(config: ExperimentConfig, strategies: tuple[str, ...], seeds: int) 
     from .results import format_table
     from .viz import plot_comparison
 
-    table, results = compare(config, strategies, seeds)   # checks every entry before any run
+    table, results = compare(config, strategies, seeds, jobs or usable_cores())   # checks every entry first
     out = Path(config.out)  # type: ignore[arg-type]   compare wrote comparison.csv and comparison.md there
     fig, _, df = plot_comparison(results)
     fig.savefig(out / "comparison.png", dpi=120)

@@ -27,7 +27,6 @@ import hashlib
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import pandas as pd
 
 from . import notebooks
 from .fl.run_folder import versions
+from .pool import Task, TaskFailed, jobs_option, pool_failures, usable_cores
 
 CSV_FLOAT_FORMAT = "%.6g"
 SUFFIXES = ("png", "pdf", "csv", "json")          # the files of one figure
@@ -111,7 +111,8 @@ FIGURES: tuple[Figure, ...] = (
            claim="FedMoE-DA's peer-to-peer traffic is set by P (how many experts travel) and by I and the schedule "
                  "(how often).",
            shows="P2P MB of the same one-knob-at-a-time sweep (10 clients, 1,600 samples, 20 rounds, one seed): "
-                 "zero at P = 0, growing with P, lower under the refresh schedule (experts fetched at refresh rounds only)."),
+                 "zero at P = 0, growing with P, lower under the refresh schedule (experts fetched at refresh "
+                 "rounds only)."),
     Figure(id="fig03_routing_by_domain", notebook="03_moe_layer",
            claim="An MoE router sends inputs of different domains to different experts, which is what makes "
                  "experts (and their gate rows, the proxies) domain-specific.",
@@ -240,17 +241,15 @@ def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path
              runs_dir: Path | None = None) -> list[str]:
     """Run each notebook drawing one of ``figures`` once; returns one line per failure (empty: all written).
 
-    After a notebook, each of its figures must have its four files written by
-    that run; the notebook's wall time goes into each figure's json. ``jobs``
-    notebooks run at once (each in its own kernel; smoke runs only, since
-    full-size notebooks share cached runs in RUNS_DIR and run one after another).
+    After a notebook, each of its figures must have its four files written by that run; the notebook's wall
+    time goes into each figure's json. ``jobs`` notebooks run at once (``pool.py``), in smoke runs only.
     """
     if jobs > 1 and not smoke:
         raise ValueError(f"--jobs {jobs} needs --smoke: full-size notebooks share cached runs (RUNS_DIR), so they "
                          "run one after another")
     runs = notebook_runs(figures, smoke, out, runs_dir)
 
-    def run(stem: str) -> str | None:
+    def run(stem: str) -> None:
         since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
         try:
             wall = notebooks.execute(stem, executed / f"{stem}.ipynb", runs[stem],
@@ -258,19 +257,18 @@ def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path
         except Exception as exc:   # papermill's PapermillExecutionError carries the failing cell's error
             what = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")
                     else (str(exc).strip().splitlines() or [type(exc).__name__])[-1])
-            return f"{stem}: failed ({what}); executed copy: {executed / f'{stem}.ipynb'}"
+            raise TaskFailed(f"failed ({what}); executed copy: {executed / f'{stem}.ipynb'}") from None
         mine = [f for f in figures if f.notebook == stem]
         stale = [p.name for f in mine for p in figure_files(f.id, out)
                  if not p.is_file() or p.stat().st_mtime < since]
         if stale:
-            return f"{stem}: ran, but did not write {', '.join(stale)} into {out}"
+            raise TaskFailed(f"ran, but did not write {', '.join(stale)} into {out}")
         for f in mine:
             _stamp(out / f"{f.id}.json", f, wall, smoke, runs[stem], jobs)
         print(f"{stem}: {wall:.1f} s, wrote {', '.join(f.id for f in mine)}", file=sys.stderr)
-        return None
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return [line for line in pool.map(run, runs) if line]
+    # threads, not processes: each notebook already runs in its own kernel process
+    return pool_failures([Task(stem, run, (stem,)) for stem in runs], jobs, processes=False, desc="notebooks")
 
 
 def _stamp(path: Path, figure: Figure, wall: float, smoke: bool, params: dict[str, Any], jobs: int) -> None:
@@ -321,7 +319,7 @@ def readme(out: Path) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import _Parser   # the package's one-line usage errors (exit 2)
+    from .cli import _Parser  # the package's one-line usage errors (exit 2)
 
     p = _Parser(prog=COMMAND, description="Regenerate the paper figures: run each notebook that draws one, "
                 "headless (papermill), once.")
@@ -339,7 +337,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, metavar="DIR", help="RUNS_DIR of every notebook: where the runs they "
                    "train are cached and shared (default: each notebook's own, runs/course, reusing what is there); "
                    "a new folder trains everything afresh with the code as it is")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once, with --smoke only (default 1)")
+    p.add_argument("--jobs", metavar="N", help="notebooks run at once (docs/ARCHITECTURE.md §10), "
+                   "with --smoke only (default: the usable cores with --smoke, else 1)")
     return p
 
 
@@ -363,10 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke and out.is_relative_to(PAPER_FIGURES.resolve()):
             raise ValueError(f"--smoke does not write into {_rel(PAPER_FIGURES)}/ (smoke-sized figures are not the "
                              f"paper's): drop --smoke, or give --out elsewhere")
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        jobs = jobs_option(args.jobs) if args.jobs is not None else usable_cores() if args.smoke else 1
         executed = (args.executed or EXECUTED / ("smoke" if args.smoke else "full")).resolve()
-        failures = generate(figures, args.smoke, out, executed, args.jobs, args.runs and args.runs.resolve())
+        failures = generate(figures, args.smoke, out, executed, jobs, args.runs and args.runs.resolve())
     except ValueError as exc:
         print(f"{COMMAND}: error: {exc}", file=sys.stderr)
         return 2

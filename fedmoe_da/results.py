@@ -7,7 +7,9 @@ A strategy entry is a strategy name, optionally followed by ``:field=value``
 overrides (e.g. ``fedmoe_da:proxy=gate:P=3``); the entry is the run's label.
 Runs go to ``out/<label>/seed<s>/`` (``:`` written ``+``) (run folders, ``fl/run_folder.py``); a
 run whose folder already holds a finished run of the same config is read
-back instead of run again, so an interrupted ``compare`` resumes.
+back instead of run again, so an interrupted ``compare`` resumes. The runs go
+through the run pool (``pool.py``, docs/ARCHITECTURE.md §10): ``jobs`` at once,
+each in a worker process, with the same files as one after another.
 
 The README's results block is a copy of a committed ``comparison.md`` that
 ``compare`` wrote (``update_readme``); a test checks that they are equal.
@@ -23,9 +25,10 @@ import pandas as pd
 
 from .config import COMPARE_STRATEGIES, ConfigError, ExperimentConfig, parse_value
 from .fl.checkpoint import resumable
-from .fl.run_folder import versions
+from .fl.run_folder import RunFolder, load_run, versions
 from .fl.simulation import simulate
 from .fl.summary import SimulationResult
+from .pool import Task, run_pool
 
 README_BEGIN = "<!-- results: begin {source} -->"
 README_END = "<!-- results: end -->"
@@ -44,7 +47,8 @@ def parse_entry(entry: str, config: ExperimentConfig) -> ExperimentConfig:
 
 
 def folder_name(entry: str) -> str:
-    """A strategy entry as a folder name that every file system takes: 'fedmoe_da:proxy=gate' -> 'fedmoe_da+proxy=gate'."""
+    """A strategy entry as a folder name that every file system takes:
+    'fedmoe_da:proxy=gate' -> 'fedmoe_da+proxy=gate'."""
     return re.sub(r"[^A-Za-z0-9_.=+-]", "+", entry)
 
 
@@ -54,11 +58,13 @@ def run_or_load(config: ExperimentConfig) -> SimulationResult:
     return simulate(config, resume=resumable(config))
 
 
-def compare(config: ExperimentConfig, strategies=COMPARE_STRATEGIES,
-            seeds: int = 1) -> tuple[pd.DataFrame, list[SimulationResult]]:
+def compare(config: ExperimentConfig, strategies=COMPARE_STRATEGIES, seeds: int = 1,
+            jobs: int = 1) -> tuple[pd.DataFrame, list[SimulationResult]]:
     """Run each strategy entry on the same partition (same seed) for ``seeds`` seeds; returns (table, results).
 
     With ``config.out`` set, each run goes to out/<label>/seed<s>/ and the table to out/comparison.csv.
+    ``jobs`` runs at once (``pool.run_pool``; workers show no per-run bars); a failed run raises
+    ``pool.PoolFailed`` once the others have ended.
     """
     config.validate()
     entries = [s.strip() for s in strategies]
@@ -68,11 +74,13 @@ def compare(config: ExperimentConfig, strategies=COMPARE_STRATEGIES,
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} is invalid: must be an integer >= 1")
     configs = [parse_entry(e, config) for e in entries]                  # every entry checked before any run
-    results = []
+    runs = []
     for s in range(seeds):
         for c in configs:
-            out = None if config.out is None else str(Path(config.out) / folder_name(c.label) / f"seed{config.seed + s}")
-            results.append(run_or_load(c.replace(seed=config.seed + s, out=out)))
+            seed = config.seed + s
+            out = None if config.out is None else str(Path(config.out) / folder_name(c.label) / f"seed{seed}")
+            runs.append(c.replace(seed=seed, out=out))
+    results = run_configs(runs, jobs, progress=config.progress)
     table = comparison_table(results)
     if config.out:
         Path(config.out).mkdir(parents=True, exist_ok=True)
@@ -82,6 +90,32 @@ def compare(config: ExperimentConfig, strategies=COMPARE_STRATEGIES,
             {"config": config.to_dict(), "strategies": entries, "seeds": seeds, "versions": versions()},
             indent=2, sort_keys=True))
     return table, results
+
+
+def run_configs(configs: list[ExperimentConfig], jobs: int = 1, progress: bool = True) -> list[SimulationResult]:
+    """``run_or_load`` each config through the run pool, results in order; finished runs are read back here."""
+    results: list[SimulationResult | None] = [None] * len(configs)
+    todo = []
+    for i, c in enumerate(configs):
+        if resumable(c) and RunFolder(c.out).finished():   # type: ignore[arg-type]
+            results[i] = load_run(c.out)                       # type: ignore[arg-type]
+        else:
+            todo.append(i)
+    quiet = jobs > 1 and len(todo) > 1    # in workers, per-run bars would interleave: the pool's bar counts runs
+    tasks = [Task(f"{configs[i].label or configs[i].strategy} seed {configs[i].seed}", run_or_load,
+                  (configs[i].replace(progress=False) if quiet else configs[i],),
+                  context=_config_context(configs[i])) for i in todo]
+    for i, result in zip(todo, run_pool(tasks, jobs, progress=progress)):
+        results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _config_context(config: ExperimentConfig) -> str:
+    """Where a failed run's config is: its run folder's config.json, or the fields that differ from the defaults."""
+    if config.out:
+        return f"config: {Path(config.out) / 'config.json'}"
+    default = ExperimentConfig().to_dict()
+    return "config: " + ", ".join(f"{k}={v!r}" for k, v in config.to_dict().items() if default.get(k) != v)
 
 
 def comparison_table(results: list[SimulationResult]) -> pd.DataFrame:
@@ -115,7 +149,8 @@ def format_table(table: pd.DataFrame) -> str:
         ratio = "n/a" if pd.isna(r.server_vs_fedavg) else f"{r.server_vs_fedavg:.2f} / {r.total_vs_fedavg:.2f}"
         purity = "–" if pd.isna(r.purity) else f"{r.purity:.2f}"
         lines.append(f"| {r.strategy} | {r.final_acc:.3f} ± {r.client_std:.3f}{seed} | {r.worst10:.3f} | "
-                     f"{r.best_acc:.3f} ({int(r.best_round)}) | {r.server_MB:.1f} | {r.p2p_MB:.1f} | {r.total_MB:.1f} | "
+                     f"{r.best_acc:.3f} ({int(r.best_round)}) | {r.server_MB:.1f} | {r.p2p_MB:.1f} | "
+                     f"{r.total_MB:.1f} | "
                      f"{ratio} | {purity} | {int(r.seeds)} |")
     return "\n".join(lines)
 

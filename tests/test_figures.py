@@ -21,10 +21,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-
 import smoke_runs
+
 from fedmoe_da import figures, notebooks
-from fedmoe_da.figures import FIGURES, PAPER_FIGURES, SUFFIXES, Figure, figure_files
+from fedmoe_da.figures import FIGURES, PAPER_FIGURES, Figure, figure_files
+
+# the notebooks run once per test session (smoke_runs.py); under xdist each worker is a session, so every test
+# that reads those runs goes to one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("notebook_smoke_runs")
 
 IDS = [f.id for f in FIGURES]
 
@@ -120,7 +124,7 @@ def test_readme_only_rewrites_the_readme(tmp_path, monkeypatch):
 def test_bad_arguments_are_one_line_errors_before_anything_runs(tmp_path, capsys):
     cases = [(["--only", "fig00_nope"], "unknown figure id fig00_nope; registered"),
              (["--smoke", "--out", str(PAPER_FIGURES / "sub")], "--smoke does not write into paper_figures/"),
-             (["--smoke", "--jobs", "0", "--out", str(tmp_path)], "--jobs must be at least 1"),
+             (["--smoke", "--jobs", "0", "--out", str(tmp_path)], "--jobs '0' is invalid: must be an integer >= 1"),
              (["--jobs", "2", "--out", str(tmp_path)], "--jobs 2 needs --smoke")]
     for argv, message in cases:
         assert figures.main(argv) == 2, argv

@@ -13,9 +13,12 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
-
 import smoke_runs
 from smoke_runs import NOTEBOOKS
+
+# the notebooks run once per test session (smoke_runs.py); under xdist each worker is a session, so every test
+# that reads those runs goes to one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("notebook_smoke_runs")
 
 
 @pytest.fixture(scope="module")
