@@ -21,7 +21,16 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import COMPARE_STRATEGIES, Bool, Choice, ConfigError, ExperimentConfig, describe_fields, parse_value, read_config_file
+from .config import (
+    COMPARE_STRATEGIES,
+    Bool,
+    Choice,
+    ConfigError,
+    ExperimentConfig,
+    describe_fields,
+    parse_value,
+    read_config_file,
+)
 
 ALIASES = {"num_clients": ["--clients"]}   # older spellings kept working
 PRECEDENCE = ("Precedence: the defaults, then --config FILE, then --smoke shrinks the sizes (never P, I, tau, lr, "
@@ -189,7 +198,8 @@ def _interrupted(command: str, out: str | None) -> str:
 def _resume(args: argparse.Namespace) -> int:
     """``run --resume RUN_DIR``: the config is the folder's; only --progress / --no-progress may be given."""
     given = (["--config"] if args.config else []) + (["--smoke"] if args.smoke else []) + [
-        flag_name(f.name) for f in dataclasses.fields(ExperimentConfig) if hasattr(args, f.name) and f.name != "progress"]
+        flag_name(f.name) for f in dataclasses.fields(ExperimentConfig)
+        if hasattr(args, f.name) and f.name != "progress"]
     if given:
         raise ConfigError(f"--resume takes the config from RUN_DIR/config.json: {given[0]} cannot be given with it")
     from .fl import distributed
@@ -209,7 +219,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _run(config: ExperimentConfig) -> int:
     from .fl import distributed
 
-    if distributed.launched():   # under torchrun: this process is one rank of the run (fl/distributed.py)
+    if distributed.launched():   # under torchrun: this process is one rank of the run (fl/distributed/)
         return distributed.main(config, lambda result: _report(result.config, result))
     from . import simulate
 
