@@ -3,15 +3,18 @@ client ranks' states in each checkpoint; a client rank reads it (to resume) but 
 from __future__ import annotations
 
 from ..run_folder import RunFolder
-from .placement import rank_of
 
 
-class ServerFolder(RunFolder):
-    """Rank 0's run folder: as in process, plus the client ranks' states in each checkpoint."""
+class RankFolder(RunFolder):
+    """The run folder of one rank: ``ranks`` carries the messages, ``hosts(k)`` says if client k is this rank's."""
 
-    def __init__(self, path, ranks) -> None:
+    def __init__(self, path, ranks, hosts) -> None:
         super().__init__(path)
-        self.ranks = ranks
+        self.ranks, self.hosts = ranks, hosts
+
+
+class ServerFolder(RankFolder):
+    """Rank 0's run folder: as in process, plus the client ranks' states in each checkpoint."""
 
     def save_checkpoint(self, payload: dict) -> None:
         r = self.ranks
@@ -28,12 +31,8 @@ class ServerFolder(RunFolder):
         self.ranks.barrier()   # the client ranks read the tables after this
 
 
-class ClientFolder(RunFolder):
+class ClientFolder(RankFolder):
     """A client rank's view of the run folder: it reads (to resume) but never writes."""
-
-    def __init__(self, path, ranks) -> None:
-        super().__init__(path)
-        self.ranks = ranks
 
     def start(self, config, clients) -> None:
         pass
@@ -51,7 +50,7 @@ class ClientFolder(RunFolder):
         r = self.ranks
         r.where = f"round {payload.get('round')}: sending client states for the checkpoint"
         mine = {k: {n: v.clone() for n, v in s.items()}       # rows of the stacked states: clones travel alone
-                for k, s in enumerate(payload["states"]) if rank_of(k, r.world) == r.rank}
+                for k, s in enumerate(payload["states"]) if self.hosts(k)}
         r.send_object_to(mine, 0)
 
     def truncate(self, sizes, last_round) -> None:

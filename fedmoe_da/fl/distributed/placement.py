@@ -13,6 +13,7 @@ import time
 from ..placement import Placement
 from ..run_folder import RunFolder
 from ..transport import SERVER
+from .folders import ClientFolder, ServerFolder
 
 
 def rank_of(party: int, world: int) -> int:
@@ -82,6 +83,4 @@ class TorchrunPlacement(Placement):
 
     def folder(self, folder: RunFolder) -> RunFolder:
         """Rank 0 writes the run folder; the others only read it (resume) and send their states to checkpoints."""
-        from .folders import ClientFolder, ServerFolder
-
-        return (ServerFolder if self.ranks.rank == 0 else ClientFolder)(folder.path, self.ranks)
+        return (ServerFolder if self.ranks.rank == 0 else ClientFolder)(folder.path, self.ranks, self.hosts)
