@@ -42,20 +42,20 @@ CHILD = """
 import json, sys, time
 from fedmoe_da import cli
 from fedmoe_da.fl import simulation
-from fedmoe_da.fl.transport import InProcessTransport
+from fedmoe_da.fl.placement import Placement
 
-class Timed(InProcessTransport):
+class Timed(Placement):
     started, ends = None, []
-    def hosts(self, party):
+    def begin_round(self, rnd):
         if Timed.started is None:
             Timed.started = time.perf_counter()
-        return True
     def evaluated(self, rows):
         Timed.ends.append(time.perf_counter())
         return rows
 
 plain = simulation.simulate
-simulation.simulate = lambda config, transport=None, resume=False: plain(config, Timed(), resume)
+simulation.simulate = lambda config, transport=None, placement=None, resume=False: plain(
+    config, transport, Timed(), resume)
 import fedmoe_da
 fedmoe_da.simulate = simulation.simulate
 code = cli.main(sys.argv[1:])

@@ -243,7 +243,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _run(config: ExperimentConfig) -> int:
     from .fl import distributed
 
-    if distributed.launched():   # under torchrun: this process is one rank of the run (fl/distributed.py)
+    if distributed.launched():   # under torchrun: this process is one rank of the run (fl/distributed/)
         return distributed.main(config, lambda result: _report(result.config, result))
     from . import simulate
 

@@ -45,8 +45,17 @@ import pandas as pd
 import torch
 
 from fedmoe_da import ExperimentConfig, viz
-from fedmoe_da.explorers.matrix import (PROXIES, describe, home_domains, matrix_explorer, plot_matrix_by_domain,
-                                        proxies_of, purity_sweep, refresh_rounds, saved_gates)
+from fedmoe_da.explorers.matrix import (
+    PROXIES,
+    describe,
+    home_domains,
+    matrix_explorer,
+    plot_matrix_by_domain,
+    proxies_of,
+    purity_sweep,
+    refresh_rounds,
+    saved_gates,
+)
 from fedmoe_da.figures import save_figure
 from fedmoe_da.fl.aggregation import TIE_TOLERANCE, aggregation_matrix, correlation, selection, softmax_weights
 from fedmoe_da.fl.diagnostics import matrix_diagnostics

@@ -44,7 +44,8 @@ if SMOKE:
     fedmoe = results.run_or_load(ExperimentConfig(seed=SEED, progress=False).smoke())
     fedavg = results.run_or_load(ExperimentConfig(strategy="fedavg", seed=SEED, progress=False).smoke())
 else:
-    fedmoe = results.run_or_load(ExperimentConfig(seed=SEED, progress=False).replace(out=f"{RUNS_DIR}/fedmoe_da_default"))
+    fedmoe = results.run_or_load(
+        ExperimentConfig(seed=SEED, progress=False).replace(out=f"{RUNS_DIR}/fedmoe_da_default"))
     fedavg = results.run_or_load(ExperimentConfig(strategy="fedavg", seed=SEED, progress=False)
                                  .replace(out=f"{RUNS_DIR}/fedavg_default"))
 ledger, clients = fedmoe.ledger, fedmoe.clients
@@ -74,7 +75,8 @@ ledger.head(10)
 p2p = ledger[(ledger["channel"] == "p2p") & ledger["accepted"]]
 fetched = p2p.groupby(["round", "dst"]).size()
 print(f"E = {fedmoe.config.num_experts}, P = {fedmoe.config.P}: P x E = {fedmoe.config.P * fedmoe.config.num_experts}; "
-      f"remote experts fetched per client and round: {fetched.mean():.1f} on average (min {fetched.min()}, max {fetched.max()})")
+      f"remote experts fetched per client and round: {fetched.mean():.1f} on average "
+      f"(min {fetched.min()}, max {fetched.max()})")
 
 # %% [markdown]
 # ## One round's graph, laid out by home domain
@@ -92,7 +94,8 @@ plt.show()
 # The same round summed by domain pair: rows are the domains that served, columns the domains that fetched.
 
 # %%
-(edges.pivot_table(index="src_domain", columns="dst_domain", values="bytes", aggfunc="sum", fill_value=0) / 1e6).round(3)
+by_domain = edges.pivot_table(index="src_domain", columns="dst_domain", values="bytes", aggfunc="sum", fill_value=0)
+(by_domain / 1e6).round(3)
 
 # %% [markdown]
 # ## The whole run as a matrix

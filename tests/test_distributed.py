@@ -1,4 +1,4 @@
-"""The torch.distributed runner (``fl/distributed.py``): real torchrun jobs of 3 processes over gloo on loopback.
+"""The torch.distributed runner (``fl/distributed/``): real torchrun jobs of 3 processes over gloo on loopback.
 
 The oracle is the in-process run of the same command: the same seed must give
 byte-identical history.csv, ledger.csv, rejections.csv and summary.json with the
@@ -6,7 +6,7 @@ loop engine. The stacked engine trains each rank's clients together, so its
 numbers may differ from the in-process run's in the last bits (a client's result
 does not depend on who trains beside it beyond float rounding): equal ledgers,
 histories within 1e-5. A
-rank killed mid-run (``FEDMOE_DA_KILL``: SIGKILL at its first transfer of a
+rank killed mid-run (``FEDMOE_DA_KILL``: SIGKILL at the start of a
 round) must stop the job with one line naming it, and with ``--max-restarts``
 the group restarts and resumes from the checkpoint to the same result.
 Smoke sizes, 2 rounds: each job takes about 10 s on two busy cores.

@@ -41,6 +41,7 @@ from . import checkpoint
 from .client import Trainer
 from .engine import StackedTrainer
 from .matrices import SparseMatrix
+from .placement import Placement
 from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, load_run, matrix_key
 from .state import ClientStates, get_state, is_finite_state
 from .strategies import make_strategy
@@ -107,20 +108,23 @@ def initial_states(model: torch.nn.Module, config: ExperimentConfig, num_clients
         groups = models.param_groups(model)
         for k, state in enumerate(states):
             gen = torch.Generator().manual_seed(seeds.integer_seed(config.seed, "init", k + 1))
-            for l in range(len(model.moe_layers)):  # type: ignore[arg-type]
-                key = groups[gate_group(l)][0].key
+            for layer in range(len(model.moe_layers)):  # type: ignore[arg-type]
+                key = groups[gate_group(layer)][0].key
                 bound = 1.0 / math.sqrt(state[key].shape[1])                    # nn.Linear's default init
                 state[key] = (torch.rand(state[key].shape, generator=gen) * 2 - 1) * bound
     return states
 
 
-def simulate(config: ExperimentConfig, transport: Transport | None = None, resume: bool = False) -> SimulationResult:
+def simulate(config: ExperimentConfig, transport: Transport | None = None, placement: Placement | None = None,
+             resume: bool = False) -> SimulationResult:
     """Run ``config``; returns .history, .ledger, .rejections, .clients, .aggregation, .matrices and .summary.
 
     With ``config.out`` set, the run folder is written as the run goes (``run_folder.py``), with a
     checkpoint every ``checkpoint_every`` rounds. ``resume=True`` continues the run in ``config.out``
     from its checkpoint instead (``config`` must be the folder's, but for ``out`` and ``progress``;
-    a finished run is read back); otherwise a ConfigError says why it cannot.
+    a finished run is read back); otherwise a ConfigError says why it cannot. ``transport`` moves the payloads
+    (``transport.py``), ``placement`` says which process runs which party (``placement.py``; torchrun:
+    ``distributed/``): in one process by default.
     """
     preflight(config)
     if resume:
@@ -128,7 +132,7 @@ def simulate(config: ExperimentConfig, transport: Transport | None = None, resum
         if folder.finished():
             return load_run(folder.path)
     with torch_threads(config.threads):
-        return _simulate(config, transport or InProcessTransport(), resume)
+        return _simulate(config, transport or InProcessTransport(), placement or Placement(), resume)
 
 
 def resume(run_dir: str | Path, progress: bool | None = None) -> SimulationResult:
@@ -138,7 +142,8 @@ def resume(run_dir: str | Path, progress: bool | None = None) -> SimulationResul
     return simulate(config if progress is None else config.replace(progress=progress), resume=True)
 
 
-def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = False) -> SimulationResult:
+def _simulate(config: ExperimentConfig, transport: Transport, placement: Placement,
+              resume: bool = False) -> SimulationResult:
     dataset = data_mod.build(config)
     clients = data_mod.partition(dataset, config)
     table = data_mod.client_table(clients, dataset)
@@ -151,7 +156,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
     strategy.start(states)
     trainer = (StackedTrainer if config.engine == "stacked" else Trainer)(model, config)
     rng = seeds.generator(config.seed, "participants")
-    folder = transport.folder(RunFolder(config.out)) if config.out else None
+    folder = placement.folder(RunFolder(config.out)) if config.out else None
     if resume and folder:   # states, strategy and RNGs as after the checkpoint's round; the folder cut back to it
         done = checkpoint.restore(folder, config, states, strategy, rng, transport.ledger)
     else:
@@ -165,10 +170,11 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
     bar = tqdm(range(done.round + 1, config.rounds + 1), desc=config.strategy, disable=not config.progress,
                leave=False, initial=done.round, total=config.rounds)
     for rnd in bar:
+        placement.begin_round(rnd)
         participants = sample_participants(rng, config.num_clients, config.participation)
         train_loss: dict[int, float] = {}
         strategy.begin_round(rnd, participants, states, transport)
-        hosted = [k for k in participants if transport.hosts(k)]   # distributed: the rank that hosts k trains it
+        hosted = [k for k in participants if placement.hosts(k)]   # distributed: the rank that hosts k trains it
         jobs = {k: strategy.jobs(k, states[k], clients[k].x_train, clients[k].y_train,
                                  seeds.integer_seed(config.seed, "batches", rnd, k)) for k in hosted}
         results = iter(trainer.train_jobs([job for k in hosted for job in jobs[k]]))
@@ -176,13 +182,13 @@ def _simulate(config: ExperimentConfig, transport: Transport, resume: bool = Fal
             new, loss = strategy.finish(k, [next(results) for _ in jobs[k]])
             if is_finite_state(new) and math.isfinite(loss):
                 states[k], train_loss[k] = new, loss
-        train_loss = transport.trained(train_loss)
+        train_loss = placement.trained(train_loss)
         for k in participants:
             if k not in train_loss:   # a diverged client keeps its previous state; the round goes on
                 transport.ledger.reject(rnd, k, k, "local", "all", "non-finite parameters after local training")
         strategy.communicate(rnd, participants, states, transport)
-        transport.settle(strategy)
-        rows = transport.evaluated(evaluate_round(rnd, config, [c for c in clients if transport.hosts(c.client)],
+        placement.settle(strategy)
+        rows = placement.evaluated(evaluate_round(rnd, config, [c for c in clients if placement.hosts(c.client)],
                                                   states, trainer, strategy, participants, train_loss))
         round_rows = pd.DataFrame(rows)
         history.append(round_rows)    # a frame per round: columns, not 20 Python objects per client and round
@@ -227,7 +233,7 @@ def evaluate_round(rnd, config, clients, states, trainer, strategy, participants
                "global_accuracy": math.nan, "n_train": c.num_train, "n_test": len(c.y_test)}
         if glob is not None:
             row["global_accuracy"] = glob.accuracy
-        for l, counts in enumerate(ev.routed):
-            row.update({routed_column(l, e): n for e, n in enumerate(counts)})
+        for layer, counts in enumerate(ev.routed):
+            row.update({routed_column(layer, e): n for e, n in enumerate(counts)})
         rows.append(row)
     return rows

@@ -1,6 +1,7 @@
 """Transport: every byte that moves between two parties goes through here.
 
-A strategy never counts bytes itself. It calls ``transport.send(...)`` with the
+Every transfer follows one skeleton (docs/ARCHITECTURE.md §5): deliver -> judge -> agree on the outcome
+(an ``Outcome``) -> log. A strategy never counts bytes itself. It calls ``transport.send(...)`` with the
 tensors that would cross the link; the transport hands back what the receiver
 gets and writes one ledger row: (round, src, dst, channel, group, numel,
 bytes, accepted), sized from the shapes and dtypes of the tensors actually
@@ -25,8 +26,8 @@ P2P fetches of one layer): row t of each stacked tensor is transfer t, checked
 and logged exactly as ``send`` would, with one sum per tensor and row.
 
 ``InProcessTransport`` is the simulator's: it clones tensors (so a receiver
-can never alias a sender's state). The distributed runner's transport sends
-them for real and writes the same rows.
+can never alias a sender's state); ``agree`` has nothing to do in one process. The torchrun transport
+(``distributed/transport.py``) delivers real messages and broadcasts the outcomes, and writes the same rows.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ from torch import Tensor
 from .ledger import CHANNELS, LEDGER_COLUMNS, REJECTION_COLUMNS, CommLedger, payload_size
 
 __all__ = ["SERVER", "CHANNELS", "LEDGER_COLUMNS", "REJECTION_COLUMNS", "CommLedger", "Payload", "Shapes",
-           "payload_problem", "payload_problems", "copy_payloads", "Stacked", "Transfer", "Transport", "InProcessTransport"]
+           "payload_problem", "payload_problems", "copy_payloads", "Stacked", "Transfer", "Outcome", "Transport",
+           "InProcessTransport"]
 
 SERVER = -1
 
@@ -92,8 +94,8 @@ def finite_sums(tensors: list[Tensor]) -> list[bool]:
 
     Contiguous tensors that share a storage (the payloads of a batch delivered into one buffer:
     ``copy_payloads``) are summed at once over the part of the buffer they cover (a sum streams through memory;
-    ``isfinite`` writes a mask as large as the buffer: 20x slower on 100M floats); if that sum is not finite (or the group
-    is a single tensor), each tensor's sum is computed, in one stacked tensor of sums per device moved to the
+    ``isfinite`` would write a mask as large as the buffer); if that sum is not finite (or the group is a single
+    tensor), each tensor's sum is computed, in one stacked tensor of sums per device moved to the
     host at once. A NaN or Inf anywhere makes the sum NaN or Inf; a sum of huge finite values can overflow,
     hence "may not be".
     """
@@ -178,9 +180,19 @@ def _fits(out: dict[str, Tensor], t: int, keys: dict[str, str], got: Payload, vi
 
 
 # --------------------------------------------------------------------------- transports
+class Outcome(NamedTuple):
+    """What the receiver decided about one transfer; every process agrees on it, then logs it."""
+    accepted: bool
+    numel: int
+    nbytes: int
+    reason: str | None = None
+    content: Tensor | None = None   # torchrun: a control payload's bytes, sent to every rank with the outcome
+
+
 class Transport:
-    """Moves payloads between parties and writes the ledger. Subclasses implement ``_deliver`` (and may move a
-    batch at once: ``_deliver_many``, ``_deliver_stacked``)."""
+    """Moves payloads between parties and writes the ledger, in one skeleton (docs/ARCHITECTURE.md §5):
+    deliver -> judge -> agree on the outcome -> log. Subclasses implement ``_deliver`` (and may move a batch at
+    once: ``_deliver_many``, ``_deliver_stacked``); under torchrun ``_deliver_to`` and ``agree`` send messages."""
 
     def __init__(self, ledger: CommLedger | None = None) -> None:
         self.ledger = ledger if ledger is not None else CommLedger()
@@ -193,35 +205,70 @@ class Transport:
         """What each transfer's dst got (``_deliver`` of each, unless a subclass moves a batch at once)."""
         return [self._deliver(t.src, t.dst, t.tensors, t.group) for t in transfers]
 
-    def send(self, round: int, src: int, dst: int, channel: str, group: str, tensors: Payload,
+    def send(self, rnd: int, src: int, dst: int, channel: str, group: str, tensors: Payload,
              expect: Shapes | None = None, screen: Screen | None = None) -> Payload | None:
         """Send ``tensors`` from src to dst; return what dst received, or None if dst rejected it.
 
         dst rejects a payload with missing, wrong-shaped or non-finite tensors, then one ``screen`` objects to.
         """
-        received = self._deliver(src, dst, tensors, group)
-        problem = payload_problem(received, expect)
-        if problem is None and screen is not None:
-            problem = screen(received)
-        self._log(round, src, dst, channel, group, received, problem)
-        return received if problem is None else None
+        judge = None if screen is None else (
+            lambda got: {k: reason for k, p in got.items() if (reason := screen(p)) is not None})
+        return self._transfer(rnd, dst, channel, group, {src: tensors}, expect, judge).get(src)
 
-    def gather(self, round: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
+    def gather(self, rnd: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
                expect: Shapes | None = None, screen: GroupScreen | None = None) -> dict[int, Payload]:
         """Each src in ``sent`` sends its payload to dst, which judges them together; returns the accepted ones.
 
         As ``send`` for each sender, then ``screen`` sees every intact payload at once and names the
         senders dst rejects (with reasons). Rows are written in the order of ``sent``.
         """
-        received = dict(zip(sent, self._deliver_many([Transfer(src, dst, group, tensors) for src, tensors in sent.items()])))
-        problems = payload_problems(received, dict.fromkeys(received, expect))
+        return self._transfer(rnd, dst, channel, group, sent, expect, screen)
+
+    def _transfer(self, rnd: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
+                  expect: Shapes | None, screen: GroupScreen | None) -> dict[int, Payload]:
+        """The skeleton: deliver, judge (where dst lives), agree on the outcomes, log; the accepted payloads."""
+        received, expects = self._deliver_to(rnd, dst, channel, group, sent, expect)
+        outcomes = None if received is None else self.judge(received, expects, group, screen)
+        outcomes = self.agree(dst, outcomes, len(sent))
+        accepted = {}
+        for (src, tensors), outcome in zip(sent.items(), outcomes):
+            self._log(rnd, src, dst, channel, group, outcome)
+            if outcome.accepted:
+                accepted[src] = received[src] if received is not None else self._stand_in(tensors, outcome)
+        return accepted
+
+    def _deliver_to(self, rnd: int, dst: int, channel: str, group: str, sent: dict[int, Payload],
+                    expect: Shapes | None) -> tuple[dict[int, Payload] | None, dict[int, Shapes | None]]:
+        """What dst got from each sender and the shapes to check it against; None where dst does not live."""
+        got = self._deliver_many([Transfer(src, dst, group, tensors) for src, tensors in sent.items()])
+        return dict(zip(sent, got)), dict.fromkeys(sent, expect)
+
+    def judge(self, received: dict[int, Payload], expects: dict[int, Shapes | None], group: str,
+              screen: GroupScreen | None = None) -> list[Outcome]:
+        """dst's verdict on each payload: names and shapes, NaN/Inf, then ``screen`` on the intact ones."""
+        problems = payload_problems(received, expects)
         if screen is not None:
             problems.update(screen({src: got for src, got in received.items() if problems[src] is None}))
-        for src, got in received.items():
-            self._log(round, src, dst, channel, group, got, problems[src])
-        return {src: got for src, got in received.items() if problems[src] is None}
+        return [self._outcome(got, problems[src], group) for src, got in received.items()]
 
-    def send_stacked(self, round: int, channel: str, batch: Stacked,
+    def _outcome(self, received: Payload, problem: str | None, group: str) -> Outcome:
+        return Outcome(problem is None, *payload_size(received), problem)
+
+    def agree(self, dst: int, outcomes: list[Outcome] | None, n: int) -> list[Outcome]:
+        """Every process learns dst's ``n`` outcomes (in one process: it knows them already)."""
+        return outcomes   # type: ignore[return-value]
+
+    def _stand_in(self, tensors: Payload, outcome: Outcome) -> Payload:
+        """What a process other than dst's returns for an accepted payload (torchrun only)."""
+        raise NotImplementedError
+
+    def _log(self, rnd: int, src: int, dst: int, channel: str, group: str, outcome: Outcome) -> None:
+        """One ledger row, and a rejection row when rejected."""
+        self.ledger.add(rnd, src, dst, channel, group, outcome.numel, outcome.nbytes, outcome.accepted)
+        if not outcome.accepted:
+            self.ledger.reject(rnd, src, dst, channel, group, outcome.reason)   # type: ignore[arg-type]
+
+    def send_stacked(self, rnd: int, channel: str, batch: Stacked,
                      screen: RowScreen | None = None) -> tuple[dict[str, Tensor], list[bool]]:
         """``send`` of every transfer of a stacked batch (a round's P2P fetches of one layer), at stack speed.
 
@@ -235,6 +282,18 @@ class Transport:
         """
         T = len(batch.src)
         received, odd = self._deliver_stacked(batch)
+        problems = self._judge_stacked(batch, received, odd, screen)
+        uniform = payload_size({n: x[0] for n, x in received.items()}) if T else (0, 0)   # sizes from shapes
+        for t in range(T):
+            size = payload_size(odd[t]) if t in odd else uniform
+            self._log(rnd, batch.src[t], batch.dst[t], channel, batch.group[t],
+                      Outcome(problems[t] is None, *size, problems[t]))
+        return received, [p is None for p in problems]
+
+    def _judge_stacked(self, batch: Stacked, received: dict[str, Tensor], odd: dict[int, Payload],
+                       screen: RowScreen | None) -> list[str | None]:
+        """``judge`` of a stacked batch: the reason each row is rejected, or None."""
+        T = len(batch.src)
         expect = {n: t.shape[1:] for n, t in batch.tensors.items()}
         problems: list[str | None] = [None] * T
         for t, payload in odd.items():                                    # a row that no longer fits the stack
@@ -257,13 +316,7 @@ class Transport:
                 index = torch.tensor(rows)
                 for t, reason in zip(rows, screen({n: x[index] for n, x in received.items()}, index)):
                     problems[t] = reason
-        uniform = payload_size({n: x[0] for n, x in received.items()}) if T else (0, 0)   # sizes from shapes
-        for t in range(T):
-            size = payload_size(odd[t]) if t in odd else uniform
-            self.ledger.add(round, batch.src[t], batch.dst[t], channel, batch.group[t], *size, problems[t] is None)
-            if problems[t] is not None:
-                self.ledger.reject(round, batch.src[t], batch.dst[t], channel, batch.group[t], problems[t])
-        return received, [p is None for p in problems]
+        return problems
 
     def _deliver_stacked(self, batch: Stacked) -> tuple[dict[str, Tensor], dict[int, Payload]]:
         """What arrived of a stacked batch, and the rows that arrived in another shape (row -> payload): here
@@ -277,33 +330,6 @@ class Transport:
             if not _fits(out, t, keys, got, {}):
                 odd[t] = got
         return out, odd
-
-    def _log(self, round, src, dst, channel, group, received: Payload, problem: str | None) -> None:
-        self.ledger.record(round, src, dst, channel, group, received, accepted=problem is None)
-        if problem is not None:
-            self.ledger.reject(round, src, dst, channel, group, problem)
-
-    # ------------------------------------------------------------------ placement: which process runs which party
-    # The runner's hooks. In one process every party is here and they change nothing; the distributed runner
-    # (``distributed.py``) overrides them: each rank trains and evaluates its own clients, rank 0 writes the folder.
-    def hosts(self, party: int) -> bool:
-        """True if this process runs ``party``'s side (trains and evaluates client ``party``)."""
-        return True
-
-    def trained(self, train_loss: dict[int, float]) -> dict[int, float]:
-        """The round's training losses (kept updates) of every participant, from every process."""
-        return train_loss
-
-    def settle(self, strategy) -> None:
-        """After a round's communication: every process holds the server's strategy state."""
-
-    def evaluated(self, rows: list[dict]) -> list[dict]:
-        """The round's history rows of every client, from every process, in client order."""
-        return rows
-
-    def folder(self, folder):
-        """The run folder as this process writes it (distributed: rank 0 writes, the others only read)."""
-        return folder
 
 
 class InProcessTransport(Transport):
@@ -319,7 +345,10 @@ class InProcessTransport(Transport):
         return self.tamper(src, dst, group, out) if self.tamper else out
 
     def _deliver_many(self, transfers: list[Transfer]) -> list[Payload]:
-        """The batch copied at once (``copy_payloads``); ``tamper`` then sees each payload as ``_deliver`` does."""
+        """The batch copied at once (``copy_payloads``); ``tamper`` then sees each payload as ``_deliver`` does.
+        One transfer (``send``) is ``_deliver``'s clone."""
+        if len(transfers) == 1:
+            return super()._deliver_many(transfers)
         out = copy_payloads([t.tensors for t in transfers])
         if self.tamper:
             out = [self.tamper(t.src, t.dst, t.group, got) for t, got in zip(transfers, out)]
