@@ -24,8 +24,9 @@ from hypothesis.extra.numpy import arrays
 from fedmoe_da import models
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport, aggregate_experts, aggregation_matrix, correlation, drop_absent, fedavg
+from fedmoe_da.fl.registry import FedAvg, FedMoEDA, Local
 from fedmoe_da.fl.state import get_state
-from fedmoe_da.fl.strategies import FedAvg, FedMoEDA, Local
+from fedmoe_da.fl.strategy import Round
 from fedmoe_da.fl.transport import SERVER
 from fedmoe_da.models.names import parse_group
 
@@ -273,7 +274,7 @@ def test_fedmoe_da_refresh_round_all_present():
     states = random_states(template, seed=1)
     before = copy_states(states)
     strategy, t = FedMoEDA(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, [0, 1, 2], states, t)
+    strategy.communicate(Round(1, [0, 1, 2], states, t))
 
     gate = groups["gate[0]"][0].key
     pool = [0, 1, 2]
@@ -304,7 +305,7 @@ def test_fedmoe_da_two_moe_layers_each_with_its_own_A():
     states = random_states(template, seed=11)
     before = copy_states(states)
     strategy, t = FedMoEDA(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, [0, 1, 2], states, t)
+    strategy.communicate(Round(1, [0, 1, 2], states, t))
     pool, refs = [0, 1, 2], []
     for layer in (0, 1):
         gate = groups[f"gate[{layer}]"][0].key
@@ -364,11 +365,11 @@ def test_fedmoe_da_reuses_A_and_drops_absent_peer():
     states = random_states(template, seed=2)
     round1_gates = torch.cat([s[gate] for s in states])
     strategy, t = FedMoEDA(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, [0, 1, 2], states, t)
+    strategy.communicate(Round(1, [0, 1, 2], states, t))
 
     states = random_states(template, seed=3)                           # new experts and gates
     before = copy_states(states)
-    strategy.communicate(2, [0, 2], states, t)
+    strategy.communicate(Round(2, [0, 2], states, t))
     A1 = ref_matrix(round1_gates, cfg.P, cfg.tau)
     want = expected_experts(before, groups, [0, 1, 2], lambda i: A1[i], present=[0, 2])
     for k in (0, 2):
@@ -380,7 +381,7 @@ def test_fedmoe_da_reuses_A_and_drops_absent_peer():
     assert set(r2["src"]) | set(r2["dst"]) <= {0, 2, SERVER}
     check_p2p_plan(t, 2, [0, 1, 2], A1, [0, 2])
 
-    strategy.communicate(3, [0, 1, 2], states, t)                      # 1 + I: refresh
+    strategy.communicate(Round(3, [0, 1, 2], states, t))                      # 1 + I: refresh
     r3 = ledger_rows(t, 3)
     assert sorted(r3[r3["group"] == "gate[0]"]["src"]) == [0, 1, 2]
     assert sorted(r3[r3["group"] == "A[0]"]["dst"]) == [0, 1, 2]
@@ -393,12 +394,12 @@ def test_fedmoe_da_refresh_with_stale_gate_of_absent_client():
     gate = groups["gate[0]"][0].key
     states = random_states(template, seed=4)
     strategy, t = FedMoEDA(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, [0, 1, 2], states, t)
+    strategy.communicate(Round(1, [0, 1, 2], states, t))
     gate1 = states[1][gate].clone()
 
     states = random_states(template, seed=5)
     before = copy_states(states)
-    strategy.communicate(2, [0, 2], states, t)
+    strategy.communicate(Round(2, [0, 2], states, t))
     A2 = ref_matrix(torch.cat([before[0][gate], gate1, before[2][gate]]), cfg.P, cfg.tau)
     assert (A2[:E, E:2 * E] > 0).any() or (A2[2 * E:, E:2 * E] > 0).any(), "the setup must use client 1"
     want = expected_experts(before, groups, [0, 1, 2], lambda i: A2[i], present=[0, 2])
@@ -414,9 +415,9 @@ def test_fedmoe_da_late_joiner_keeps_experts_until_refresh():
     cfg, template, groups = tiny_setup(I=2)
     states = random_states(template, seed=6)
     strategy, t = FedMoEDA(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, [0, 1], states, t)
+    strategy.communicate(Round(1, [0, 1], states, t))
     before = copy_states(states)
-    strategy.communicate(2, [0, 1, 2], states, t)
+    strategy.communicate(Round(2, [0, 1, 2], states, t))
     for key in keys(groups, "expert[0]"):
         assert torch.equal(states[2][key], before[2][key])
     r2 = ledger_rows(t, 2)
@@ -429,7 +430,7 @@ def test_fedmoe_da_p_zero_keeps_experts_and_sends_none():
     states = random_states(template, seed=7)
     before = copy_states(states)
     t = InProcessTransport()
-    FedMoEDA(cfg, groups, template, NUM_TRAIN).communicate(1, [0, 1, 2], states, t)
+    FedMoEDA(cfg, groups, template, NUM_TRAIN).communicate(Round(1, [0, 1, 2], states, t))
     for k in range(N):
         for key in keys(groups, "expert[0]"):
             torch.testing.assert_close(states[k][key], before[k][key])
@@ -441,7 +442,7 @@ def test_fedmoe_da_local_backbone_never_leaves():
     states = random_states(template, seed=8)
     before = copy_states(states)
     t = InProcessTransport()
-    FedMoEDA(cfg, groups, template, NUM_TRAIN).communicate(1, [0, 1, 2], states, t)
+    FedMoEDA(cfg, groups, template, NUM_TRAIN).communicate(Round(1, [0, 1, 2], states, t))
     assert not (ledger_rows(t)["group"] == "backbone").any()
     for k in range(N):
         assert all(torch.equal(states[k][key], before[k][key]) for key in keys(groups, "backbone"))
@@ -453,7 +454,7 @@ def test_fedavg_strategy_matches_loop(participants):
     states = random_states(template, seed=9)
     before = copy_states(states)
     strategy, t = FedAvg(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, participants, states, t)
+    strategy.communicate(Round(1, participants, states, t))
     total = sum(NUM_TRAIN[k] for k in participants)
     for name in template:
         avg = sum(NUM_TRAIN[k] * before[k][name] for k in participants) / total
@@ -472,7 +473,7 @@ def test_local_strategy_sends_nothing():
     states = random_states(template, seed=10)
     before = copy_states(states)
     t = InProcessTransport()
-    Local(cfg, groups, template, NUM_TRAIN).communicate(1, [0, 1, 2], states, t)
+    Local(cfg, groups, template, NUM_TRAIN).communicate(Round(1, [0, 1, 2], states, t))
     assert ledger_rows(t).empty
     assert all(torch.equal(s[n], b[n]) for s, b in zip(states, before) for n in s)
 

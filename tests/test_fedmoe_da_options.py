@@ -23,9 +23,10 @@ from fedmoe_da.fl import InProcessTransport, sparse_aggregation_matrix
 from fedmoe_da.fl.aggregation import correlation
 from fedmoe_da.fl.diagnostics import matrix_diagnostics
 from fedmoe_da.fl.proxies import centre_by_slot, domain_proxies
+from fedmoe_da.fl.registry import FedMoEDA
 from fedmoe_da.fl.simulation import initial_states
 from fedmoe_da.fl.state import get_state
-from fedmoe_da.fl.strategies import FedMoEDA
+from fedmoe_da.fl.strategy import Round
 from fedmoe_da.fl.transport import SERVER
 
 
@@ -106,7 +107,7 @@ def test_strategy_passes_min_correlation():
     gate = groups["gate[0]"][0].key
     proxies = torch.cat([s[gate] for s in states])
     strategy = FedMoEDA(cfg, groups, template, NUM_TRAIN)
-    strategy.communicate(1, [0, 1, 2], states, InProcessTransport())
+    strategy.communicate(Round(1, [0, 1, 2], states, InProcessTransport()))
     close(strategy.A[0].to_dense(), ref_matrix(proxies, 6, cfg.tau, 0.1))
     assert not np.allclose(ref_matrix(proxies, 6, cfg.tau, 0.1), ref_matrix(proxies, 6, cfg.tau)), "the floor bites"
 
@@ -143,7 +144,7 @@ def test_gate_delta_uploads_each_clients_change_since_its_own_initial_gate():
     strategy.start(initial)
     states = random_states(template, seed=2)
     spy = Spy()
-    strategy.communicate(1, [0, 1, 2], states, InProcessTransport(tamper=spy))
+    strategy.communicate(Round(1, [0, 1, 2], states, InProcessTransport(tamper=spy)))
     ups = {src: p for src, dst, g, p in spy.sent if g == "gate[0]" and dst == SERVER}
     assert sorted(ups) == [0, 1, 2]
     deltas = []
@@ -160,7 +161,7 @@ def test_gate_centred_proxy():
     gate = groups["gate[0]"][0].key
     states = random_states(template, seed=3)
     strategy = FedMoEDA(cfg, groups, template, NUM_TRAIN)
-    strategy.communicate(1, [0, 1, 2], states, InProcessTransport())
+    strategy.communicate(Round(1, [0, 1, 2], states, InProcessTransport()))
     centred = []
     for k in range(N):
         for e in range(E):
@@ -177,7 +178,7 @@ def test_domain_proxy_selects_same_domain_same_slot(P):
     cfg, _, template, groups = tiny_setup(proxy="domain", P=P)
     states = random_states(template, seed=4, n=5)
     strategy = FedMoEDA(cfg, groups, template, [10] * 5, home_domains=home)
-    strategy.communicate(1, list(range(5)), states, InProcessTransport())
+    strategy.communicate(Round(1, list(range(5)), states, InProcessTransport()))
     A = strategy.A[0].to_dense().numpy()
     for i in range(5 * E):
         k, e = divmod(i, E)
@@ -198,7 +199,7 @@ def test_sync_refresh_moves_experts_only_at_refresh_rounds(sync):
     for rnd in (1, 2, 3):                       # refreshes: 1 and 3
         states = random_states(template, seed=10 + rnd)
         before = copy_states(states)
-        strategy.communicate(rnd, [0, 1, 2], states, t)
+        strategy.communicate(Round(rnd, [0, 1, 2], states, t))
         ledger = t.ledger.to_frame()
         p2p = ledger[(ledger["round"] == rnd) & (ledger["channel"] == "p2p")]
         moved = any(not torch.equal(states[k][n], before[k][n]) for k in range(N) for n in keys)

@@ -22,10 +22,11 @@ from fedmoe_da import models, simulate
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl.aggregation import aggregation_matrix
+from fedmoe_da.fl.registry import FedAvg, FedMoEDA
 from fedmoe_da.fl.robust import expert_screen, upload_outliers
 from fedmoe_da.fl.server_aggregation import coordinate_median, server_aggregate, trimmed_mean
 from fedmoe_da.fl.state import get_state
-from fedmoe_da.fl.strategies import FedAvg, FedMoEDA
+from fedmoe_da.fl.strategy import Round
 from fedmoe_da.fl.transport import SERVER
 
 E, N = 4, 5
@@ -157,7 +158,7 @@ def test_fedavg_with_a_robust_aggregate(kind):
     states[LIAR] = {n: 1e3 * t for n, t in states[LIAR].items()}
     before = copy_states(states)
     strategy = FedAvg(cfg, groups, template, NUM_TRAIN)
-    strategy.communicate(1, list(range(N)), states, InProcessTransport())
+    strategy.communicate(Round(1, list(range(N)), states, InProcessTransport()))
     for name in template:
         stacked = np.stack([b[name].numpy() for b in before])
         want = np.median(stacked, axis=0) if kind == "median" else np.sort(stacked, axis=0)[1:N - 1].mean(axis=0)
@@ -172,7 +173,7 @@ def test_p2p_screen_drops_a_liars_noise_experts_like_an_absent_peer():
     before = copy_states(states)
     t = InProcessTransport(tamper=noise_from({LIAR}, "expert"))
     strategy = FedMoEDA(cfg, groups, template, NUM_TRAIN)
-    strategy.communicate(1, list(range(N)), states, t)
+    strategy.communicate(Round(1, list(range(N)), states, t))
 
     gate = groups["gate[0]"][0].key
     pool = list(range(N))
@@ -195,7 +196,7 @@ def test_without_the_screen_the_liars_experts_get_in():
     cfg, template, groups = setup()
     states = honest_states(template, seed=2)
     t = InProcessTransport(tamper=noise_from({LIAR}, "expert"))
-    FedMoEDA(cfg, groups, template, NUM_TRAIN).communicate(1, list(range(N)), states, t)
+    FedMoEDA(cfg, groups, template, NUM_TRAIN).communicate(Round(1, list(range(N)), states, t))
     assert t.ledger.rejections().empty
     assert max(float(states[k][key].abs().max()) for k in range(1, N) for key in keys(groups, "expert")) > 10
 
@@ -219,7 +220,7 @@ def test_upload_screen_rejects_a_liars_noise_backbone():
     before = copy_states(states)
     t = InProcessTransport(tamper=noise_from({LIAR}, "backbone"))
     strategy = FedAvg(cfg, groups, template, NUM_TRAIN)
-    strategy.communicate(1, list(range(N)), states, t)
+    strategy.communicate(Round(1, list(range(N)), states, t))
     ledger, rej = t.ledger.to_frame(), t.ledger.rejections()
     assert list(zip(rej["src"], rej["dst"], rej["channel"], rej["group"])) == [(LIAR, SERVER, "server-up", "backbone")]
     assert rej["reason"].iloc[0].startswith("upload screen")
@@ -262,7 +263,7 @@ def seed_with_some_dropping(strategy_cls, cfg, groups, template, rnd, p=0.5) -> 
     for seed in range(100):
         c = cfg.replace(dropout=p, seed=seed)
         t = InProcessTransport()
-        answered = strategy_cls(c, groups, template, NUM_TRAIN).answering(rnd, list(range(N)), t)
+        answered = strategy_cls(c, groups, template, NUM_TRAIN).answering(Round(rnd, list(range(N)), [], t))
         if 0 < len(answered) < N:
             assert set(answered) | dropped(t) == set(range(N)) and not set(answered) & dropped(t)
             return c
@@ -275,7 +276,7 @@ def test_fedavg_averages_only_who_answered_and_the_dropped_catch_up():
     states = honest_states(template, seed=4)
     before = copy_states(states)
     strategy, t = FedAvg(cfg, groups, template, NUM_TRAIN), InProcessTransport()
-    strategy.communicate(1, list(range(N)), states, t)
+    strategy.communicate(Round(1, list(range(N)), states, t))
     gone = dropped(t, 1)
     answered = [k for k in range(N) if k not in gone]
     for key in template:
@@ -289,7 +290,7 @@ def test_fedavg_averages_only_who_answered_and_the_dropped_catch_up():
     assert (rej["channel"] == "dropout").all() and list(rej["src"]) == list(rej["dst"]) == sorted(gone)
     assert rej["reason"].str.startswith("dropped").all()
     catch_up = InProcessTransport()
-    strategy.begin_round(2, sorted(gone), states, catch_up)
+    strategy.begin_round(Round(2, sorted(gone), states, catch_up))
     down = catch_up.ledger.to_frame()
     assert set(down["dst"]) == gone and set(down["channel"]) == {"server-down"}
     for k in gone:
@@ -307,12 +308,12 @@ def test_fedmoe_da_rows_renormalise_over_the_peers_that_answered():
     gate = groups["gate[0]"][0].key
     pool = list(range(N))
     A = aggregation_matrix(torch.cat([s[gate] for s in states]), cfg.P, cfg.tau).numpy()
-    strategy.communicate(1, pool, states, t)
+    strategy.communicate(Round(1, pool, states, t))
 
     strategy.config = cfg2                                                     # dropout from round 2 on
     states = honest_states(template, seed=6, spread=1.0)
     before = copy_states(states)
-    strategy.communicate(2, pool, states, t)
+    strategy.communicate(Round(2, pool, states, t))
     gone = dropped(t, 2)
     answered = set(pool) - gone
     assert any(A[pool.index(k) * E:(pool.index(k) + 1) * E, g * E:(g + 1) * E].any() for k in answered for g in gone), \

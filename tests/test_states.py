@@ -14,8 +14,9 @@ from fedmoe_da import models
 from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport
 from fedmoe_da.fl import fedmoe_da as fedmoe_da_strategy
+from fedmoe_da.fl.registry import make_strategy
 from fedmoe_da.fl.state import ClientStates, get_state, read_group, write_group
-from fedmoe_da.fl.strategies import make_strategy
+from fedmoe_da.fl.strategy import Round
 from fedmoe_da.fl.transport import Stacked, Transport, copy_payloads, finite_sums
 
 pytestmark = pytest.mark.equivalence   # also run on a CPU without AVX-512's kernels (Makefile: test)
@@ -115,10 +116,10 @@ def test_every_strategy_communicates_the_same_on_stacked_states(name):
         strategy.start(states)
         t = InProcessTransport(tamper=scale_p2p_by_receiver)
         for rnd, participants in ((1, [0, 1, 2, 3, 4, 5]), (2, [1, 2, 4]), (3, [0, 2, 5])):
-            strategy.begin_round(rnd, participants, states, t)
+            strategy.begin_round(Round(rnd, participants, states, t))
             for k in participants:                                   # a stand-in for local training
                 states[k] = {n: v * 0.9 + 0.01 * (k + rnd) for n, v in states[k].items()}
-            strategy.communicate(rnd, participants, states, t)
+            strategy.communicate(Round(rnd, participants, states, t))
         runs.append(([{n: s[n].clone() for n in template} for s in states], t.ledger.to_frame()))
     (a, ledger_a), (b, ledger_b) = runs
     assert ledger_a.equals(ledger_b)
@@ -140,9 +141,9 @@ def test_eq11_for_all_clients_equals_a_loop_over_clients_and_entries(participant
     strategy = make_strategy(cfg, groups, template, NUM_TRAIN)
     strategy.start(states)
     t = InProcessTransport(tamper=scale_p2p_by_receiver)
-    strategy.communicate(1, list(range(N)), states, t)
+    strategy.communicate(Round(1, list(range(N)), states, t))
     before = [{n: states[k][n].clone() for n in template} for k in range(N)]
-    strategy.communicate(2, participants, states, t)
+    strategy.communicate(Round(2, participants, states, t))
 
     A, pool = strategy.A[0].to_dense(), strategy.pool[0]
     expert_keys = sorted({r.key for g, refs in groups.items() if g.startswith("expert[0]") for r in refs})

@@ -25,9 +25,10 @@ from fedmoe_da.config import ExperimentConfig
 from fedmoe_da.fl import InProcessTransport, simulate
 from fedmoe_da.fl import simulation as sim
 from fedmoe_da.fl.client import Trainer
+from fedmoe_da.fl.registry import Ditto, FedPer, FedProx, FedRep, make_strategy
 from fedmoe_da.fl.run_folder import RunFolder
 from fedmoe_da.fl.state import get_state
-from fedmoe_da.fl.strategies import Ditto, FedPer, FedProx, FedRep, make_strategy
+from fedmoe_da.fl.strategy import Round
 from fedmoe_da.fl.transport import SERVER
 
 E, N = 4, 3
@@ -131,7 +132,7 @@ def test_ditto_personal_and_global_models():
     for rnd, participants in enumerate([[0, 1, 2], [0, 2], [1, 2]], start=1):
         global0 = copy_state(strategy.server_state)
         start = [copy_state(s) for s in states]
-        strategy.begin_round(rnd, participants, states, t)
+        strategy.begin_round(Round(rnd, participants, states, t))
         assert all(torch.equal(states[k][n], start[k][n]) for k in range(N) for n in template), \
             "begin_round does not overwrite personal models"
         personal = {}
@@ -142,7 +143,7 @@ def test_ditto_personal_and_global_models():
             plain, _ = trainer.train(start[k], *data[k], seed)                  # one SGD step, no term
             for n in template:
                 close(personal[k][n] - plain[n], -cfg.lr * cfg.ditto_lambda * (start[k][n] - global0[n]))
-        strategy.communicate(rnd, participants, states, t)
+        strategy.communicate(Round(rnd, participants, states, t))
         copies = {k: trainer.train(copy_state(global0), *data[k], 100 * rnd + k)[0] for k in participants}
         for n in template:
             close(strategy.server_state[n], loop_fedavg({k: copies[k][n] for k in participants}, NUM_TRAIN))
@@ -161,7 +162,7 @@ def test_personal_head_strategies_average_only_the_backbone(cls, model, particip
     states = random_states(template, seed=1)
     before = [copy_state(s) for s in states]
     t = InProcessTransport()
-    cls(cfg, groups, template, NUM_TRAIN).communicate(1, participants, states, t)
+    cls(cfg, groups, template, NUM_TRAIN).communicate(Round(1, participants, states, t))
     backbone = group_keys(groups, {"backbone"})
     assert backbone and set(template) - backbone, "both a backbone and a personal head"
     for n in template:
@@ -235,7 +236,7 @@ def test_missed_aggregate_is_sent_in_begin_round(name):
         missed = [k for k in participants if held[k] != latest]
         before = [copy_state(s) for s in states]
         n0 = len(t.ledger)
-        strategy.begin_round(rnd, participants, states, t)
+        strategy.begin_round(Round(rnd, participants, states, t))
         rows = t.ledger.to_frame().iloc[n0:]
         assert set(rows["channel"]) <= {"server-down"} and set(rows["src"]) <= {SERVER}
         assert sorted(set(rows["dst"])) == missed
@@ -249,7 +250,7 @@ def test_missed_aggregate_is_sent_in_begin_round(name):
                     assert torch.equal(states[k][n], before[k][n]), (rnd, k, n)
         for k in participants:                                               # "local training"
             states[k] = {n: v + 0.01 * (k + 1) * rnd for n, v in states[k].items()}
-        strategy.communicate(rnd, participants, states, t)
+        strategy.communicate(Round(rnd, participants, states, t))
         latest += 1
         for k in participants:
             held[k] = latest
@@ -293,8 +294,9 @@ def test_diverged_client_keeps_its_state_and_the_run_goes_on(monkeypatch, name):
         s = make(*args, **kwargs)
         begin, finish, communicate = s.begin_round, s.finish, s.communicate
 
-        def begin_round(rnd, participants, states, transport):
-            begin(rnd, participants, states, transport)
+        def begin_round(r):
+            begin(r)
+            rnd, participants, states, _ = r
             now["round"] = rnd
             now["start"] = [copy_state(x) for x in states]
             pairs.extend((rnd, k) for k in participants)
@@ -306,11 +308,11 @@ def test_diverged_client_keeps_its_state_and_the_run_goes_on(monkeypatch, name):
                 return {n: torch.full_like(v, math.nan) for n, v in new.items()}, loss
             return new, loss
 
-        def check_communicate(rnd, participants, states, transport):
-            for k in participants:
-                same = all(torch.equal(states[k][n], now["start"][k][n]) for n in states[k])
-                seen[(rnd, k)] = same
-            communicate(rnd, participants, states, transport)
+        def check_communicate(r):
+            for k in r.participants:
+                same = all(torch.equal(r.states[k][n], now["start"][k][n]) for n in r.states[k])
+                seen[(r.rnd, k)] = same
+            communicate(r)
 
         s.begin_round, s.finish, s.communicate = begin_round, bad_finish, check_communicate
         return s

@@ -17,7 +17,7 @@ import fedmoe_da.data.digit_domains as digit_domains
 import fedmoe_da.data.partitioners as partitioners
 from fedmoe_da import config
 from fedmoe_da.data.domains import DOMAIN_TRANSFORMS
-from fedmoe_da.fl.strategies import STRATEGY_CLASSES
+from fedmoe_da.fl.registry import STRATEGY_CLASSES
 from fedmoe_da.models import MODEL_CLASSES
 from fedmoe_da.moe.backend import BACKENDS
 

@@ -3,9 +3,9 @@ the runner."""
 from .aggregation import aggregate_experts, aggregation_matrix, correlation
 from .aggregation_scaled import drop_absent, sparse_aggregation_matrix
 from .p2p import p2p_graph
+from .registry import STRATEGY_CLASSES, make_strategy
 from .server_aggregation import fedavg
 from .simulation import simulate
-from .strategies import STRATEGY_CLASSES, make_strategy
 from .summary import SimulationResult
 from .transport import SERVER, CommLedger, InProcessTransport, Transport
 

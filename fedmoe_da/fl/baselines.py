@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..models.names import BACKBONE, group_kind
 from .client import Job
 from .state import State
-from .strategy import Strategy
+from .strategy import Round, Strategy
 
 _ALL_SERVER = {"backbone": "server", "head": "server", "gate": "server", "expert": "server"}
 _PERSONAL_HEAD = {"backbone": "server", "head": "local", "gate": "local", "expert": "local"}
@@ -30,7 +30,7 @@ class Local(Strategy):
     name = "local"
     channels = {"backbone": "local", "head": "local", "gate": "local", "expert": "local"}
 
-    def communicate(self, rnd, participants, states, transport) -> None:
+    def communicate(self, r: Round) -> None:
         pass
 
 

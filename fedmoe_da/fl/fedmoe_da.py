@@ -33,7 +33,7 @@ from .p2p import ClientRows, fetch_plan, rows_for_client
 from .proxies import pool_proxies
 from .robust import expert_screens
 from .state import read_group
-from .strategy import Strategy
+from .strategy import Round, Strategy
 from .transport import SERVER, Stacked
 
 P2P_CHUNK = 64   # receivers whose fetches and Eq. 11 run together: their received experts are what P2P holds
@@ -65,8 +65,9 @@ class FedMoEDA(Strategy):
         return (rnd - 1) % self.config.I == 0
 
     # ------------------------------------------------------------------ server side: proxies and A
-    def upload(self, rnd, participants, states, transport):
-        uploads = super().upload(rnd, participants, states, transport)   # backbone (+ head) if 'server'
+    def upload(self, r: Round):
+        rnd, participants, states, transport = r
+        uploads = super().upload(r)   # backbone (+ head) if 'server'
         if self.is_refresh(rnd):
             for layer, key in enumerate(self.gate_keys):
                 g = gate_group(layer)
@@ -134,8 +135,9 @@ class FedMoEDA(Strategy):
         self.initial_gates = [dict(g) for g in state["initial_gates"]]
         self.client_rows = {k: [ClientRows(**r) for r in rows] for k, rows in state["client_rows"].items()}
 
-    def download(self, rnd, participants, states, transport) -> None:
-        super().download(rnd, participants, states, transport)
+    def download(self, r: Round) -> None:
+        rnd, participants, states, transport = r
+        super().download(r)
         for k in participants:
             held = self.client_rows.get(k)
             if held is not None and held[0].version == self.version:
@@ -154,7 +156,7 @@ class FedMoEDA(Strategy):
                 self.client_rows[k] = rows
 
     # ------------------------------------------------------------------ client side: P2P and Eq. 11
-    def p2p(self, rnd, participants, states, transport) -> None:
+    def p2p(self, r: Round) -> None:
         """Participants fetch the remote experts of their rows, then Eq. 11, ``P2P_CHUNK`` receivers at a time.
 
         Per chunk and layer: one stacked send of every expert the chunk's clients fetch (row t: the t-th fetch,
@@ -163,6 +165,7 @@ class FedMoEDA(Strategy):
         experts as they were after local training (synchronous) and over the experts that arrived. Memory holds
         one chunk's received experts, not the round's.
         """
+        rnd, participants, states, transport = r
         if self.config.sync == "refresh" and not self.is_refresh(rnd):
             return
         synced = [k for k in participants if k in self.client_rows]

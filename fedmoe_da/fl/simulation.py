@@ -42,10 +42,10 @@ from .client import Trainer
 from .engine import StackedTrainer
 from .matrices import SparseMatrix
 from .placement import Placement
+from .registry import make_strategy
 from .run_folder import AGGREGATION, HISTORY, LEDGER, REJECTIONS, RunFolder, load_run, matrix_key
 from .state import ClientStates, get_state, is_finite_state
-from .strategies import make_strategy
-from .strategy import Strategy
+from .strategy import Round, Strategy
 from .summary import SimulationResult, summarize
 from .transport import InProcessTransport, Transport
 
@@ -173,7 +173,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, placement: Placeme
         placement.begin_round(rnd)
         participants = sample_participants(rng, config.num_clients, config.participation)
         train_loss: dict[int, float] = {}
-        strategy.begin_round(rnd, participants, states, transport)
+        strategy.begin_round(Round(rnd, participants, states, transport))
         hosted = [k for k in participants if placement.hosts(k)]   # distributed: the rank that hosts k trains it
         jobs = {k: strategy.jobs(k, states[k], clients[k].x_train, clients[k].y_train,
                                  seeds.integer_seed(config.seed, "batches", rnd, k)) for k in hosted}
@@ -186,7 +186,7 @@ def _simulate(config: ExperimentConfig, transport: Transport, placement: Placeme
         for k in participants:
             if k not in train_loss:   # a diverged client keeps its previous state; the round goes on
                 transport.ledger.reject(rnd, k, k, "local", "all", "non-finite parameters after local training")
-        strategy.communicate(rnd, participants, states, transport)
+        strategy.communicate(Round(rnd, participants, states, transport))
         placement.settle(strategy)
         rows = placement.evaluated(evaluate_round(rnd, config, [c for c in clients if placement.hosts(c.client)],
                                                   states, trainer, strategy, participants, train_loss))

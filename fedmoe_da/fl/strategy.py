@@ -35,6 +35,8 @@ version each client holds.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .. import seeds
 from ..config import ExperimentConfig
 from ..models import ParamRef
@@ -46,6 +48,18 @@ from .state import State, read_group, write_group
 from .transport import SERVER, Transport
 
 Groups = dict[str, list[ParamRef]]
+
+
+class Round(NamedTuple):
+    """One round as the communication hooks see it, their one argument (docs/ARCHITECTURE.md §3).
+
+    ``communicate`` passes ``upload``, ``download`` and ``p2p`` the same round with ``participants`` narrowed to
+    those that answered (``answering``)."""
+
+    rnd: int
+    participants: list[int]
+    states: list[State]
+    transport: Transport
 
 
 class Strategy:
@@ -76,8 +90,9 @@ class Strategy:
         """Called once with the clients' initial states, before round 1."""
 
     # ------------------------------------------------------------------ one round
-    def begin_round(self, rnd: int, participants: list[int], states: list[State], transport: Transport) -> None:
+    def begin_round(self, r: Round) -> None:
         """Participants that missed the latest server aggregate (partial participation) get it before training."""
+        rnd, participants, states, transport = r
         for k in participants:
             if self.held[k] == self.server_version:
                 continue
@@ -100,15 +115,15 @@ class Strategy:
         """Client k's local update, alone: ``finish`` of its ``jobs`` trained by ``trainer``."""
         return self.finish(k, trainer.train_jobs(self.jobs(k, state, x, y, seed)))
 
-    def communicate(self, rnd: int, participants: list[int], states: list[State], transport: Transport) -> None:
-        answered = self.answering(rnd, participants, transport)
-        uploads = self.upload(rnd, answered, states, transport)
-        self.aggregate(rnd, uploads)
-        self.download(rnd, answered, states, transport)
-        self.p2p(rnd, answered, states, transport)
+    def communicate(self, r: Round) -> None:
+        answered = r._replace(participants=self.answering(r))
+        self.aggregate(r.rnd, self.upload(answered))
+        self.download(answered)
+        self.p2p(answered)
 
-    def answering(self, rnd: int, participants: list[int], transport: Transport) -> list[int]:
+    def answering(self, r: Round) -> list[int]:
         """The participants that did not drop after local training (each drops with probability ``dropout``)."""
+        rnd, participants, _, transport = r
         if self.config.dropout == 0:
             return participants
         draws = seeds.generator(self.config.seed, "dropout", rnd).random(len(self.num_train))   # one per client
@@ -118,10 +133,11 @@ class Strategy:
                                         "dropped after local training: sent and received nothing this round")
         return [k for k in participants if draws[k] >= self.config.dropout]
 
-    def upload(self, rnd, participants, states, transport) -> dict[str, dict[int, dict]]:
+    def upload(self, r: Round) -> dict[str, dict[int, dict]]:
         """Each participant sends its server-channel groups; returns group -> {client: accepted payload}.
 
         The server judges each group's uploads together (``upload_screen``: far from their median)."""
+        rnd, participants, states, transport = r
         c = self.config.upload_screen
         screen = None if c is None else (lambda received: upload_outliers(received, c))
         return {g: transport.gather(rnd, SERVER, "server-up", g,
@@ -149,7 +165,8 @@ class Strategy:
         if self.averaged:
             self.server_version += 1
 
-    def download(self, rnd, participants, states, transport) -> None:
+    def download(self, r: Round) -> None:
+        rnd, participants, states, transport = r
         for g, tensors in self.averaged.items():
             for k in participants:
                 got = transport.send(rnd, SERVER, k, "server-down", g, tensors, expect=self.shapes[g])
@@ -162,7 +179,7 @@ class Strategy:
         """Client k takes a downloaded server group into its state (Ditto keeps it beside its own)."""
         write_group(states[k], self.groups[group], tensors)
 
-    def p2p(self, rnd, participants, states, transport) -> None:
+    def p2p(self, r: Round) -> None:
         pass
 
     def diagnostics(self) -> list[dict]:
