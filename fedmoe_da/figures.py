@@ -248,27 +248,31 @@ def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path
         raise ValueError(f"--jobs {jobs} needs --smoke: full-size notebooks share cached runs (RUNS_DIR), so they "
                          "run one after another")
     runs = notebook_runs(figures, smoke, out, runs_dir)
+    tasks = [Task(stem, _run_notebook, (stem, tuple(f for f in figures if f.notebook == stem), smoke, out, executed,
+                                        runs[stem], jobs, notebooks.NOTEBOOK_DIR)) for stem in runs]
+    # processes, not threads: papermill's client in threads of one process can miss a kernel's message and wait
+    # forever for a cell the kernel has finished (seen under load with two notebooks at once)
+    return pool_failures(tasks, jobs, desc="notebooks")
 
-    def run(stem: str) -> None:
-        since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
-        try:
-            wall = notebooks.execute(stem, executed / f"{stem}.ipynb", runs[stem],
-                                     cell_timeout=SMOKE_CELL_TIMEOUT if smoke else None)
-        except Exception as exc:   # papermill's PapermillExecutionError carries the failing cell's error
-            what = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")
-                    else (str(exc).strip().splitlines() or [type(exc).__name__])[-1])
-            raise TaskFailed(f"failed ({what}); executed copy: {executed / f'{stem}.ipynb'}") from None
-        mine = [f for f in figures if f.notebook == stem]
-        stale = [p.name for f in mine for p in figure_files(f.id, out)
-                 if not p.is_file() or p.stat().st_mtime < since]
-        if stale:
-            raise TaskFailed(f"ran, but did not write {', '.join(stale)} into {out}")
-        for f in mine:
-            _stamp(out / f"{f.id}.json", f, wall, smoke, runs[stem], jobs)
-        print(f"{stem}: {wall:.1f} s, wrote {', '.join(f.id for f in mine)}", file=sys.stderr)
 
-    # threads, not processes: each notebook already runs in its own kernel process
-    return pool_failures([Task(stem, run, (stem,)) for stem in runs], jobs, processes=False, desc="notebooks")
+def _run_notebook(stem: str, mine: tuple[Figure, ...], smoke: bool, out: Path, executed: Path,
+                  params: dict[str, Any], jobs: int, folder: Path) -> None:
+    """Run notebook ``folder/stem.py`` and check that it wrote its figures (``mine``); a pool task of ``generate``
+    (a worker process gets the folder as an argument: it does not see changes to ``notebooks.NOTEBOOK_DIR``)."""
+    since = time.time() - 1.0   # files older than the run are stale (1 s: coarse file-system clocks)
+    try:
+        wall = notebooks.execute(stem, executed / f"{stem}.ipynb", params,
+                                 cell_timeout=SMOKE_CELL_TIMEOUT if smoke else None, folder=folder)
+    except Exception as exc:   # papermill's PapermillExecutionError carries the failing cell's error
+        what = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")
+                else (str(exc).strip().splitlines() or [type(exc).__name__])[-1])
+        raise TaskFailed(f"failed ({what}); executed copy: {executed / f'{stem}.ipynb'}") from None
+    stale = [p.name for f in mine for p in figure_files(f.id, out) if not p.is_file() or p.stat().st_mtime < since]
+    if stale:
+        raise TaskFailed(f"ran, but did not write {', '.join(stale)} into {out}")
+    for f in mine:
+        _stamp(out / f"{f.id}.json", f, wall, smoke, params, jobs)
+    print(f"{stem}: {wall:.1f} s, wrote {', '.join(f.id for f in mine)}", file=sys.stderr)
 
 
 def _stamp(path: Path, figure: Figure, wall: float, smoke: bool, params: dict[str, Any], jobs: int) -> None:

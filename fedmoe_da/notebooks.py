@@ -21,11 +21,12 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 KERNEL = "python3"
 
 
-def source(stem: str) -> Path:
-    """notebooks/<stem>.py, or a one-line ValueError naming the notebooks there."""
-    path = NOTEBOOK_DIR / f"{stem}.py"
+def source(stem: str, folder: Path | None = None) -> Path:
+    """<folder>/<stem>.py (default notebooks/), or a one-line ValueError naming the notebooks there."""
+    folder = NOTEBOOK_DIR if folder is None else Path(folder)
+    path = folder / f"{stem}.py"
     if not path.is_file():
-        have = ", ".join(p.stem for p in sorted(NOTEBOOK_DIR.glob("[0-9]*.py"))) or "none"
+        have = ", ".join(p.stem for p in sorted(folder.glob("[0-9]*.py"))) or "none"
         raise ValueError(f"no notebook {path} (notebooks: {have})")
     return path
 
@@ -38,12 +39,14 @@ def parameters(stem: str) -> dict[str, Any]:
         return {name: p["default"] for name, p in papermill.inspect_notebook(_to_ipynb(stem, Path(tmp))).items()}
 
 
-def execute(stem: str, executed: str | Path, params: dict[str, Any], cell_timeout: float | None = None) -> float:
+def execute(stem: str, executed: str | Path, params: dict[str, Any], cell_timeout: float | None = None,
+            folder: Path | None = None) -> float:
     """Run the notebook with ``params`` injected, save the executed copy at ``executed``; returns the wall seconds.
 
     A failing cell raises papermill's PapermillExecutionError; the executed copy
     (with the traceback in the failing cell) is still written. A cell running
-    longer than ``cell_timeout`` seconds fails (None: no limit).
+    longer than ``cell_timeout`` seconds fails (None: no limit). ``folder``: where the notebook's .py is
+    (default notebooks/).
     """
     import papermill
 
@@ -51,15 +54,15 @@ def execute(stem: str, executed: str | Path, params: dict[str, Any], cell_timeou
     executed.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        papermill.execute_notebook(str(_to_ipynb(stem, Path(tmp))), str(executed), parameters=params,
+        papermill.execute_notebook(str(_to_ipynb(stem, Path(tmp), folder)), str(executed), parameters=params,
                                    kernel_name=KERNEL, cwd=str(ROOT), progress_bar=False,
                                    execution_timeout=cell_timeout)
         return time.perf_counter() - start
 
 
-def _to_ipynb(stem: str, folder: Path) -> Path:
+def _to_ipynb(stem: str, folder: Path, notebook_dir: Path | None = None) -> Path:
     import jupytext
 
     path = folder / f"{stem}.ipynb"
-    jupytext.write(jupytext.read(source(stem)), path)
+    jupytext.write(jupytext.read(source(stem, notebook_dir)), path)
     return path
