@@ -31,12 +31,12 @@ run: env
 	$(PY) -m fedmoe_da run
 
 # the whole suite, then the tests that compare two implementations again on the vector kernels of a CPU without
-# AVX-512 (their tolerances must not depend on which kernels a CPU takes: docs/ARCHITECTURE.md section 8)
-# on two workers (pytest-xdist); the tests that read the notebooks' smoke runs share one worker (xdist_group), so
-# each notebook runs once
+# AVX-512 (their tolerances must not depend on which kernels a CPU takes: docs/ARCHITECTURE.md §8). The whole
+# suite runs in one process: kernels started at once from several processes (pytest-xdist workers) can draw the
+# same port and hang a notebook (fedmoe_da/figures.py); the equivalence tests start no kernel and use two workers.
 test: env
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=20
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 2 --dist loadgroup -m equivalence
+	$(PY) -m pytest --durations=20
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 2 -m equivalence
 
 # the README's results block: rerun the default comparison over 3 seeds into results/compare, check the rerun
 # against the committed table (accuracies within their band, integer data exact: fedmoe_da/reproduce.py),

@@ -250,9 +250,11 @@ def generate(figures: tuple[Figure, ...], smoke: bool, out: Path, executed: Path
     runs = notebook_runs(figures, smoke, out, runs_dir)
     tasks = [Task(stem, _run_notebook, (stem, tuple(f for f in figures if f.notebook == stem), smoke, out, executed,
                                         runs[stem], jobs, notebooks.NOTEBOOK_DIR)) for stem in runs]
-    # processes, not threads: papermill's client in threads of one process can miss a kernel's message and wait
-    # forever for a cell the kernel has finished (seen under load with two notebooks at once)
-    return pool_failures(tasks, jobs, desc="notebooks")
+    # threads, not processes: each notebook already runs in its own kernel process, and kernels started from one
+    # process draw their ports from jupyter_client's per-process cache. Kernels started at once from several
+    # processes can draw the same free port, and a client then waits forever for a reply that went to the other
+    # kernel (seen with figures --smoke in two processes: both kernels idle, both clients in epoll).
+    return pool_failures(tasks, jobs, processes=False, desc="notebooks")
 
 
 def _run_notebook(stem: str, mine: tuple[Figure, ...], smoke: bool, out: Path, executed: Path,

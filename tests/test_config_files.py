@@ -71,7 +71,7 @@ def test_compare_takes_strategies_and_seeds_from_a_compare_folder_file(files, mo
 
     seen = {}
 
-    def fake_compare(config, strategies, seeds):
+    def fake_compare(config, strategies, seeds, jobs):
         seen.update(config=config, strategies=strategies, seeds=seeds)
         raise ConfigError("stop here")
 
