@@ -30,12 +30,13 @@ compare: env
 run: env
 	$(PY) -m fedmoe_da run
 
-# the whole suite, then the tests that compare two implementations again on the vector kernels of a CPU without
-# AVX-512 (their tolerances must not depend on which kernels a CPU takes: docs/ARCHITECTURE.md §8). The whole
-# suite runs in one process: kernels started at once from several processes (pytest-xdist workers) can draw the
-# same port and hang a notebook (fedmoe_da/figures.py); the equivalence tests start no kernel and use two workers.
+# the suite on two pytest-xdist workers, but the tests that start Jupyter kernels (marker kernels) in one
+# process: kernels started at once from several processes can draw the same port and a notebook hangs
+# (fedmoe_da/figures.py). Then the tests that compare two implementations again on the vector kernels of a CPU
+# without AVX-512 (their tolerances must not depend on which kernels a CPU takes: docs/ARCHITECTURE.md §8).
 test: env
-	$(PY) -m pytest --durations=20
+	$(PY) -m pytest -n 2 -m "not kernels" --durations=20
+	$(PY) -m pytest -m kernels --durations=10
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 2 -m equivalence
 
 # the README's results block: rerun the default comparison over 3 seeds into results/compare, check the rerun

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pytest
 
+# Voila starts Jupyter kernels: make test runs this test in one process (see tests/test_notebooks.py)
+pytestmark = pytest.mark.kernels
+
 ROOT = Path(__file__).parents[1]
 SHOTS = ROOT / "build" / "browser"
 CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/lib/chromium-browser/chromium-browser")

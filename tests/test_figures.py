@@ -26,9 +26,9 @@ import smoke_runs
 from fedmoe_da import figures, notebooks
 from fedmoe_da.figures import FIGURES, PAPER_FIGURES, Figure, figure_files
 
-# the notebooks run once per test session (smoke_runs.py); under xdist each worker is a session, so every test
-# that reads those runs goes to one worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("notebook_smoke_runs")
+# the notebooks start Jupyter kernels: make test runs these tests in one process, apart from its xdist workers
+# (kernels started at once from several processes can draw the same port: fedmoe_da/figures.py)
+pytestmark = pytest.mark.kernels
 
 IDS = [f.id for f in FIGURES]
 

@@ -16,9 +16,9 @@ import pytest
 import smoke_runs
 from smoke_runs import NOTEBOOKS
 
-# the notebooks run once per test session (smoke_runs.py); under xdist each worker is a session, so every test
-# that reads those runs goes to one worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("notebook_smoke_runs")
+# the notebooks start Jupyter kernels: make test runs these tests in one process, apart from its xdist workers
+# (kernels started at once from several processes can draw the same port: fedmoe_da/figures.py)
+pytestmark = pytest.mark.kernels
 
 
 @pytest.fixture(scope="module")
